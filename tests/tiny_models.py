@@ -129,3 +129,28 @@ def hf_llama(seed: int = 0, qwen2: bool = False, **overrides) -> torch.nn.Module
                     proj.bias.normal_(0, 0.5)
         return model.eval()
     return LlamaForCausalLM(hf_text_config(**overrides)).eval()
+
+
+def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """A complete llavakit checkpoint folder (random weights + a real tokenizer), in about a second.
+
+    The tokenizer is the test sentencepiece Llama tokenizer; the image slots use -200 (outside
+    the vocabulary) as the original LLaVA does; the template is vicuna_v1.
+    """
+    from tokenizers_for_tests import build_llama_sp_tokenizer
+
+    from llavakit.checkpoints import save_checkpoint
+    from llavakit.model import LlavaModel
+
+    directory = Path(directory)
+    tokenizer = build_llama_sp_tokenizer(directory.parent / f"{directory.name}_tokenizer_build")
+    torch.manual_seed(seed)
+    config = our_config(image_token_id=-200)
+    config.language.vocab_size = len(tokenizer)
+    config.language.pad_token_id = None
+    model = LlavaModel(config).eval()
+    with torch.no_grad():
+        for p in model.projector.parameters():
+            p.mul_(20)
+    save_checkpoint(model, tokenizer, directory)
+    return directory

@@ -1,0 +1,60 @@
+"""The `llavakit` command. Each subcommand lives in its own module under `llavakit.commands`.
+
+A command module defines `register(subparsers)`, which adds its parser and sets `func` to a
+function taking the parsed arguments and returning an exit code. Heavy imports (torch,
+transformers) happen inside those functions so that `llavakit --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules under llavakit.commands, in the order their commands appear in --help.
+COMMAND_MODULES = ("convert",)
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llavakit", description="LLaVA-1.5 end to end: chat, serve, train, evaluate.")
+    parser.add_argument("--version", action="version", version=_version())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"llavakit.commands.{name}").register(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from llavakit import __version__
+
+    return f"llavakit {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        # Errors we raise on purpose carry a message meant for the user; show only that.
+        from llavakit.checkpoints import CheckpointError
+        from llavakit.images import ImageError
+
+        if isinstance(err, UserError | CheckpointError | ImageError | FileNotFoundError):
+            print(f"llavakit {args.command}: error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

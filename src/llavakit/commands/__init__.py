@@ -1,0 +1,1 @@
+"""Subcommands of the `llavakit` command line (see llavakit.cli)."""
