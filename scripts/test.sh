@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet -c constraints.txt -e ".[test]"
-python -m ruff check src tests bench scripts
+python -m ruff check .
 python -m pytest -n 2 "$@"

@@ -69,7 +69,7 @@ def test_original_llava_checkpoint_matches_transformers(tmp_path, hf_model, pixe
     assert checkpoint.config.image_aspect == "pad"
     assert checkpoint.config.image_token_id == -200  # not in the vocabulary, never embedded
     model = build_model(checkpoint)
-    ids = IDS.masked_fill(IDS == hf_model.config.image_token_index, -200)
+    ids = IDS.masked_fill(hf_model.config.image_token_index == IDS, -200)
     with torch.no_grad():
         logits = model(ids, pixels)
     assert (logits - _reference_logits(hf_model, pixels)).abs().max() <= TOL
@@ -94,7 +94,7 @@ def test_projector_only_checkpoint_on_base_llm_and_clip(tmp_path, hf_model, pixe
                                      projector_type="mlp2x_gelu")
     assert checkpoint.config.template == "plain"
     model = build_model(checkpoint)
-    ids = IDS.masked_fill(IDS == hf_model.config.image_token_index, -200)
+    ids = IDS.masked_fill(hf_model.config.image_token_index == IDS, -200)
     with torch.no_grad():
         assert (model(ids, pixels) - _reference_logits(hf_model, pixels)).abs().max() <= TOL
 

@@ -13,7 +13,13 @@ import torch
 
 from llavakit.checkpoints import llava_hf, original
 from llavakit.checkpoints.hub import resolve
-from llavakit.checkpoints.io import CheckpointError, load_into, read_state_dict, weight_files, write_state_dict
+from llavakit.checkpoints.io import (
+    CheckpointError,
+    load_into,
+    read_state_dict,
+    weight_files,
+    write_state_dict,
+)
 from llavakit.config import FORMAT_NAME, LlavaConfig
 from llavakit.model import LlavaModel
 
