@@ -73,6 +73,9 @@ def test_original_llava_checkpoint_matches_transformers(tmp_path, hf_model, pixe
     with torch.no_grad():
         logits = model(ids, pixels)
     assert (logits - _reference_logits(hf_model, pixels)).abs().max() <= TOL
+    expected = hf_model.generate(input_ids=IDS, pixel_values=pixels, max_new_tokens=8, min_new_tokens=8,
+                                 do_sample=False, eos_token_id=None, pad_token_id=0)[0, IDS.shape[1]:]
+    assert model.generate(ids, pixels, max_new_tokens=8, eos_token_ids=[])[0] == expected.tolist()
 
 
 def test_projector_only_checkpoint_on_base_llm_and_clip(tmp_path, hf_model, pixels):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import IMAGE_SIZE, IMAGE_TOKEN, hf_llama, hf_llava, hf_vision_config, prompt_ids
+from tiny_models import (
+    IMAGE_SIZE,
+    IMAGE_TOKEN,
+    TOKENS_PER_IMAGE,
+    hf_llama,
+    hf_llava,
+    hf_vision_config,
+    prompt_ids,
+)
 from transformers import CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
 from llavakit.checkpoints import build_model, read_checkpoint
@@ -169,3 +177,56 @@ def test_wrong_number_of_images_is_a_clear_error():
     with pytest.raises(ValueError, match="1 images of 4 tokens.*but 2 images were given"):
         model(ids, torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE))
     assert IMAGE_TOKEN in ids
+
+
+def test_cls_patch_features_match_transformers_full_strategy(tmp_path):
+    hf = hf_llava(seed=4)
+    hf.config.vision_feature_select_strategy = "full"
+    hf.config.image_seq_length = TOKENS_PER_IMAGE + 1
+    hf.save_pretrained(tmp_path / "hf")
+    checkpoint = read_checkpoint(tmp_path / "hf")
+    assert checkpoint.config.vision_feature_select == "cls_patch"
+    assert checkpoint.config.tokens_per_image == TOKENS_PER_IMAGE + 1
+    model = build_model(checkpoint)
+    ids = torch.tensor([[1, 5] + [IMAGE_TOKEN] * (TOKENS_PER_IMAGE + 1) + [8, 9]])
+    pixels = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        assert (hf(input_ids=ids, pixel_values=pixels).logits - model(ids, pixels)).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("kind,linears", [("linear", 1), ("mlp2x_gelu", 2), ("mlp3x_gelu", 3), ("identity", 0)])
+def test_projector_variants(kind, linears):
+    from llavakit.config import ProjectorConfig
+    from llavakit.model import build_projector
+
+    width = 32 if kind == "identity" else 48
+    projector = build_projector(ProjectorConfig(kind), 32, width)
+    layers = [m for m in projector if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == linears
+    x = torch.randn(2, 5, 32)
+    y = projector(x)
+    assert y.shape == (2, 5, width)
+    if kind == "identity":
+        assert torch.equal(x, y)
+    if kind == "mlp3x_gelu":  # Linear, GELU, Linear, GELU, Linear, at indices 0..4
+        h = torch.nn.functional.gelu(layers[1](torch.nn.functional.gelu(layers[0](x))))
+        assert torch.allclose(layers[2](h), y)
+    with pytest.raises(ValueError, match="unknown projector type"):
+        ProjectorConfig("mlp2x_relu")
+
+
+def test_right_padding_equals_each_sample_alone():
+    hf = _hf_pair()
+    model = model_from(hf, read_config_from(hf))
+    samples = [prompt_ids([1, 5], 1, [8, 9, 10, 11, 12]), prompt_ids([1, 7, 8])]
+    length = max(map(len, samples))
+    batch = torch.zeros(2, length, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for row, ids in enumerate(samples):
+        batch[row, :len(ids)] = torch.tensor(ids)
+        mask[row, :len(ids)] = 1
+    pixels = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        batched = model(batch, pixels, attention_mask=mask)
+        assert (batched[0] - model(torch.tensor([samples[0]]), pixels)[0]).abs().max() <= TOL
+        assert (batched[1, :len(samples[1])] - model(torch.tensor([samples[1]]))[0]).abs().max() <= TOL
