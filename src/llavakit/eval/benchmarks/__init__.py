@@ -1,0 +1,1 @@
+"""One module per benchmark; `llavakit.eval.registry` maps the names to the classes."""
