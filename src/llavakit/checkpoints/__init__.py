@@ -62,6 +62,14 @@ def read_checkpoint(reference: str | Path, *, revision: str | None = None,
                     vision_tower: str | Path | None = None, template: str | None = None) -> Checkpoint:
     """Read a checkpoint folder or hub id in any supported format."""
     directory = resolve(reference, revision)
+    # Lazy import: the trainer imports this package. A LoRA adapter folder names its base model.
+    from llavakit.train.lora import is_adapter_dir, read_adapter_checkpoint
+
+    if is_adapter_dir(directory):
+        checkpoint = read_adapter_checkpoint(directory)
+        if template:
+            checkpoint.config.template = template
+        return checkpoint
     d = original.read_config_json(directory)
     fmt = detect_format(d)
     if fmt == "llavakit":

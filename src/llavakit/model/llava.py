@@ -39,13 +39,20 @@ class LlavaModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.language_model.lm_head.weight.dtype
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N, 3, S, S] pixels -> [N, tokens_per_image, text width] features."""
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] pixels -> [N, tokens_per_image, tower width]: the selected layer, before the projector.
+
+        Separate from `encode_images` so training can cache a frozen tower's output.
+        """
         tower_dtype = self.vision_tower.embeddings.patch_embedding.weight.dtype
         hidden = self.vision_tower(pixel_values.to(self.device, tower_dtype), self.config.vision_feature_layer)
         if self.config.vision_feature_select == "patch" and self.config.vision.has_class_token:
             hidden = hidden[:, 1:]
-        return self.projector(hidden)
+        return hidden
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] pixels -> [N, tokens_per_image, text width] features."""
+        return self.projector(self.vision_features(pixel_values))
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with image features written at the image-slot positions, in order."""

@@ -1,0 +1,150 @@
+"""Training data: lazy JSON/JSONL indexing, skipped records by reason, exact labels, samplers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_train_fixtures import caption_records, chat_records, tiny_recipe, write_images, write_json
+
+from llavakit.api import image_processor_for, load_tokenizer
+from llavakit.config import LlavaConfig
+from llavakit.conversation import from_llava_conversations, get_template, normalise_image_placeholders
+from llavakit.tokenize import IGNORE_INDEX, encode
+from llavakit.train import train
+from llavakit.train.data import LlavaDataset, _scan_json_array, index_records
+from llavakit.train.sampler import padding_fraction, plan_epoch, split_global_batch
+from llavakit.train.step import LossModule
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    return folder, write_images(folder, 16)
+
+
+def _dataset(checkpoint, path, folder, template="vicuna_v1", **kw):
+    config = LlavaConfig.load(checkpoint / "config.json")
+    tokenizer = load_tokenizer(checkpoint)
+    return LlavaDataset(path, config=config, template=get_template(template), tokenizer=tokenizer,
+                        image_processor=image_processor_for(config), image_folder=folder, **kw)
+
+
+def test_json_and_jsonl_index_the_same_records_lazily(tmp_path, images, tiny_checkpoint):
+    folder, names = images
+    records = chat_records(names[:6], 3)
+    records[0]["conversations"][1]["value"] = "Ünïcödé — 猫 and emoji 🐱 in the answer."
+    records[1]["image"] = ["nowhere.png", names[1]]  # a list of images; one missing (not read yet)
+    as_json = write_json(tmp_path / "d.json", records)
+    as_jsonl = write_json(tmp_path / "d.jsonl", records, jsonl=True)
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + as_json.read_bytes())
+    for path in (as_json, as_jsonl, bom):
+        ds = _dataset(tiny_checkpoint, path, folder)  # indexing opens no image: the missing one is no error
+        assert len(ds) == len(records)
+        assert [ds.record(i) for i in range(len(ds))] == records
+        assert list(ds.index.num_images) == [len(r["image"]) if isinstance(r.get("image"), list) else int("image" in r)
+                                             for r in records]
+    # The index is offsets and small arrays, not parsed records.
+    index = index_records(as_json, estimate="words")
+    assert index.offsets.dtype == np.int64 and not hasattr(index, "records")
+    # Streaming through tiny chunks (records and multi-byte characters split across reads) finds the same.
+    with open(as_json, "rb") as f:
+        found = list(_scan_json_array(f, chunk=7))
+    raw = as_json.read_bytes()
+    assert [r for _, _, r in found] == records
+    assert [json.loads(raw[o:o + n]) for o, n, _ in found] == records
+
+
+def test_bad_records_are_skipped_and_counted_by_reason(tmp_path, images, tiny_checkpoint):
+    folder, names = images
+    (folder / "broken.png").write_bytes(b"this is not a png")
+    good = chat_records(names[:8], 4)
+    q, a = {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}
+    long_text = " ".join(["the dog is sitting on the table."] * 60)
+    bad = [
+        {"id": "role", "image": names[0], "conversations": [q, {"from": "bot", "value": "hi"}]},
+        {"id": "tags", "image": names[0], "conversations": [{"from": "human", "value": "<image> <image> two?"}, a]},
+        {"id": "missing", "image": "no-such-file.png", "conversations": [q, a]},
+        {"id": "unreadable", "image": "broken.png", "conversations": [q, a]},
+        {"id": "order", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+        {"id": "targets", "conversations": [{"from": "human", "value": "only a question"}]},
+        {"id": "noconv", "image": names[0]},
+        # The second image comes after max_length: cutting would split it, so it is skipped ...
+        {"id": "long-image", "image": [names[0], names[1]], "conversations": [
+            q, {"from": "gpt", "value": long_text}, {"from": "human", "value": "<image>\nAnd this?"}, a]},
+        # ... while a long text-only answer is truncated and kept.
+        {"id": "truncated", "conversations": [{"from": "human", "value": "Tell me."}, {"from": "gpt", "value": long_text}]},
+    ]
+    lines = [json.dumps(r) for r in good + bad] + ["{not json"]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    recipe = tiny_recipe(tiny_checkpoint, data, tmp_path / "out", f"data.image_folder={folder}", "data.max_length=300",
+                         "train.global_batch_size=8", "train.micro_batch_size=2")
+    summary = train(recipe)
+    assert summary["skipped"] == {"unknown_role": 1, "image_tag_mismatch": 1, "missing_image": 1,
+                                  "unreadable_image": 1, "bad_conversation": 1, "no_targets": 1,
+                                  "bad_record": 2, "too_long": 1}
+    assert summary["truncated"] == 1 and summary["records"] == len(lines)
+    end = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()][-1]
+    assert end["event"] == "end" and end["skipped"] == summary["skipped"] and "no-such-file.png" in str(end)
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_the_loop_trains_on_exactly_the_assistant_tokens(tmp_path, images, tiny_checkpoint, monkeypatch):
+    folder, names = images
+    records = chat_records(names[:6], 4) + [{"id": "two", "image": [names[6], names[7]], "conversations": [
+        {"from": "human", "value": "<image>\n<image>\nCompare the two pictures."},
+        {"from": "gpt", "value": "The first is darker."}, {"from": "human", "value": "Why?"},
+        {"from": "gpt", "value": "Less light."}]}]
+    data = write_json(tmp_path / "chat.json", records)
+    seen = []
+    original = LossModule.forward
+
+    def spy(self, input_ids, attention_mask, labels, *args, **kwargs):
+        for ids, mask, lab in zip(input_ids, attention_mask, labels):
+            n = int(mask.sum())
+            assert mask[:n].all() and not mask[n:].any()  # right padding
+            assert (lab[n:] == IGNORE_INDEX).all()
+            seen.append((ids[:n].tolist(), lab[:n].tolist()))
+        return original(self, input_ids, attention_mask, labels, *args, **kwargs)
+
+    monkeypatch.setattr(LossModule, "forward", spy)
+    train(tiny_recipe(tiny_checkpoint, data, tmp_path / "out", f"data.image_folder={folder}", "train.max_steps=2"))
+    config = LlavaConfig.load(tiny_checkpoint / "config.json")
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    template = get_template("vicuna_v1")
+    expected = {}
+    for r in records:
+        messages = normalise_image_placeholders(from_llava_conversations(r["conversations"]))
+        rendered = template.render(messages, add_generation_prompt=False)
+        enc = encode(rendered, tokenizer, image_token_id=config.image_token_id,
+                     tokens_per_image=config.tokens_per_image, with_labels=True)
+        answers = "".join(t for t in rendered.target_texts())
+        targets = [t for t in enc.labels if t != IGNORE_INDEX]
+        assert tokenizer.decode(targets).replace(" ", "") == answers.replace(" ", "")
+        expected[tuple(enc.input_ids)] = enc.labels
+    assert len(seen) == len(records)  # one epoch: two steps (8 + 3 records)
+    for ids, labels in seen:
+        assert labels == expected[tuple(ids)]
+
+
+def test_length_grouping_keeps_modalities_apart_and_pads_little(tmp_path, images, tiny_checkpoint):
+    folder, names = images
+    data = write_json(tmp_path / "chat.json", chat_records(names, 24) + caption_records(names))
+    ds = _dataset(tiny_checkpoint, data, folder)
+    lengths, n_images = ds.index.lengths, ds.index.num_images
+    grouped = plan_epoch(len(ds), 8, 0, 0, lengths=lengths, num_images=n_images, group_by_modality_length=True)
+    plain = plan_epoch(len(ds), 8, 0, 0)
+    assert sorted(i for b in grouped for i in b) == list(range(len(ds))) == sorted(i for b in plain for i in b)
+    mixed = [b for b in grouped if len({bool(n_images[i]) for i in b}) > 1]
+    assert len(mixed) <= 1 and (not mixed or mixed[0] is grouped[-1])  # only the leftovers mix
+    def micro(plan):
+        return [mb for b in plan for mb in split_global_batch(b, 2, 1, 4, 0)]
+    assert padding_fraction(micro(grouped), lengths) < padding_fraction(micro(plain), lengths)
+    # Estimated lengths follow the real ones closely enough to sort by.
+    real = [len(ds[i].sample.input_ids) for i in range(len(ds))]
+    assert np.corrcoef(real, lengths)[0, 1] > 0.95
+    assert plan_epoch(len(ds), 8, 0, 1) != plain  # a new order every epoch, from (seed, epoch) alone
+    assert plan_epoch(len(ds), 8, 0, 0) == plain
