@@ -36,7 +36,7 @@ def test_ask_matches_the_model_level_generate(llava, image):
     assert prompt.startswith("<s> " + llava.template.system + " USER:")
     assert prompt.rstrip().endswith("ASSISTANT:")
     tokens = llava.model.generate(batch.input_ids, batch.pixel_values, max_new_tokens=8,
-                                  eos_token_ids=llava._eos_ids())[0]
+                                  eos_token_ids=llava.eos_token_ids())[0]
     assert answer == llava.tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 

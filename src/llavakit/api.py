@@ -76,7 +76,8 @@ class Llava:
         ]
         return collate(samples, self.pad_id, padding_side)
 
-    def _eos_ids(self) -> list[int]:
+    def eos_token_ids(self) -> list[int]:
+        """Token ids that end an answer: the model's EOS and the template's single-token stops."""
         ids = set(self.config.language.eos_token_ids)
         for stop in self.template.stop_strings:
             token = self.tokenizer.convert_tokens_to_ids(stop)
@@ -95,7 +96,7 @@ class Llava:
         tokens = self.model.generate(
             batch.input_ids, batch.pixel_values, attention_mask=batch.attention_mask,
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            eos_token_ids=self._eos_ids(), generator=generator,
+            eos_token_ids=self.eos_token_ids(), generator=generator,
         )
         return [self._cut_at_stop(self.tokenizer.decode(t, skip_special_tokens=True)) for t in tokens]
 

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Modules under llavakit.commands, in the order their commands appear in --help.
-COMMAND_MODULES = ("convert", "eval", "train", "merge", "data")
+COMMAND_MODULES = ("convert", "ask", "chat", "batch", "eval", "train", "merge", "data")
 
 
 class UserError(Exception):
@@ -57,4 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m llavakit.cli` runs this file as __main__; take main() from the imported module so
+    # the error classes it catches are the same objects the commands raise.
+    from llavakit.cli import main as package_main
+
+    sys.exit(package_main())

@@ -33,11 +33,11 @@ class LlavaModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.language_model.lm_head.weight.device
+        return self.language_model.model.embed_tokens.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.language_model.lm_head.weight.dtype
+        return self.language_model.model.embed_tokens.weight.dtype
 
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N, 3, S, S] pixels -> [N, tokens_per_image, tower width]: the selected layer, before the projector.
