@@ -53,7 +53,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_checkpoi
 
     uninterrupted = _cli(str(recipe), f"output.dir={whole}")
     victim = _cli(str(recipe), f"output.dir={broken}", slow=True)
-    _finish(uninterrupted)
+    # Watch the victim from its start: waiting for the other run first could let it finish unkilled.
     target = broken / "checkpoints" / "step-00000006"
     deadline = time.monotonic() + 90
     while not target.exists() and victim.poll() is None and time.monotonic() < deadline:
@@ -62,6 +62,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_checkpoi
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=30)
     assert victim.returncode == -signal.SIGKILL
+    _finish(uninterrupted)
     assert not (broken / "train_summary.json").exists()
     # Only complete checkpoints are named step-*; --resume takes the newest.
     assert {p.name for p in (broken / "checkpoints").iterdir()} == {"step-00000003", "step-00000006"}
