@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from llavakit.eval.judge import Judge, JudgeError
     from llavakit.eval.registry import BENCHMARKS, get_benchmark
     from llavakit.eval.report import write_report
-    from llavakit.eval.runner import answer_fn_from_model, lazy_answer_fn, run_benchmark
+    from llavakit.eval.runner import answer_fn_from_engine, lazy_answer_fn, run_benchmark
 
     if not args.benchmark:
         raise UserError("give --benchmark NAME (or 'all'); --list shows the names")
@@ -108,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
         import llavakit
 
         print(f"loading {args.model}", file=sys.stderr)
+        from llavakit.engine import Engine
+
         model = llavakit.load(args.model, dtype=args.dtype, device=args.device, template=args.template)
-        return answer_fn_from_model(model, max_new_tokens=args.max_new_tokens)
+        engine = Engine(model, max_batch_size=args.batch_size, max_queue=max(64, args.batch_size))
+        return answer_fn_from_engine(engine, max_new_tokens=args.max_new_tokens)
 
     answer_fn = None if args.score_only else lazy_answer_fn(load)
     options = {"judge_ensemble": args.judge_ensemble}

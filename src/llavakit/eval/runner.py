@@ -35,6 +35,29 @@ def answer_fn_from_model(model, *, max_new_tokens: int | None = None) -> AnswerF
     return answer
 
 
+def answer_fn_from_engine(engine, *, max_new_tokens: int | None = None) -> AnswerFn:
+    """Greedy answers through the batching engine: a whole batch decodes together."""
+    from llavakit.engine import Request, SamplingParams
+
+    def answer(batch: list[EvalRequest]) -> list[str]:
+        requests = [
+            Request(messages=[{"role": "user", "content": r.prompt}], images=list(r.images),
+                    params=SamplingParams(max_new_tokens=max_new_tokens or r.max_new_tokens, temperature=0.0))
+            for r in batch
+        ]
+        answers = [""] * len(requests)
+        for index, outcome in engine.run_many(requests):
+            if isinstance(outcome, Exception):
+                # One unanswerable question (e.g. longer than the model's context) must not end
+                # the run: it scores as a wrong (empty) answer, and says so.
+                print(f"warning: {batch[index].id}: no answer: {outcome}", file=sys.stderr)
+            else:
+                answers[index] = outcome.text.strip()
+        return answers
+
+    return answer
+
+
 def lazy_answer_fn(make: Callable[[], AnswerFn]) -> AnswerFn:
     """An AnswerFn that builds the real one (e.g. loads the model) only when first called."""
     real: list[AnswerFn] = []
