@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Modules under llavakit.commands, in the order their commands appear in --help.
-COMMAND_MODULES = ("convert", "ask", "chat", "batch", "eval", "train", "merge", "data")
+COMMAND_MODULES = ("convert", "ask", "chat", "batch", "serve", "web", "eval", "train", "merge", "data")
 
 
 class UserError(Exception):
