@@ -177,6 +177,11 @@ class Engine:
             in_flight -= 1
             yield outcome(finished.get())
 
+    def stats(self) -> dict[str, int]:
+        """Requests decoding now (`running`) and waiting for a slot (`waiting`)."""
+        with self._lock:
+            return {"running": len(self._active), "waiting": len(self._pending)}
+
     def close(self) -> None:
         """Stop the loop thread; unfinished requests fail with RuntimeError."""
         with self._lock:

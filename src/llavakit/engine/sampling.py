@@ -11,6 +11,9 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy decoding in all but name
+MIN_PENALTY, MAX_PENALTY = 0.01, 100.0  # beyond these, penalised logits overflow
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -40,12 +43,18 @@ class SamplingParams:
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature < MIN_TEMPERATURE:
+            # Dividing logits by a near-zero temperature overflows to inf/NaN, which would fail
+            # every request sharing the batch; such a temperature is greedy decoding anyway.
+            object.__setattr__(self, "temperature", 0.0)
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not MIN_PENALTY <= self.repetition_penalty <= MAX_PENALTY:
+            raise ValueError(
+                f"repetition_penalty must be in [{MIN_PENALTY}, {MAX_PENALTY}], got {self.repetition_penalty}"
+            )
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
 

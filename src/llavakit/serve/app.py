@@ -78,11 +78,8 @@ class Service:
 
     def health(self) -> dict:
         engine = self.engine
-        # running/waiting read the engine's queues (no public counters yet); in_flight is ours.
-        running = len(getattr(engine, "_active", ()))
-        waiting = len(getattr(engine, "_pending", ()))
         return {"status": "shutting_down" if self.closing else "ok", "model": self.model_name,
-                "in_flight": self.in_flight, "running": running, "waiting": waiting,
+                "in_flight": self.in_flight, **engine.stats(),
                 "max_batch_size": engine.max_batch_size, "max_queue": engine.max_queue,
                 "context_length": self.context}
 

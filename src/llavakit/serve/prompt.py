@@ -17,8 +17,6 @@ from llavakit.serve.errors import APIError
 from llavakit.serve.limits import Limits
 from llavakit.serve.schema import ChatCompletionRequest, ImagePart
 
-MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy decoding in all but name
-
 
 @dataclass
 class ImageRef:
@@ -124,9 +122,7 @@ def sampling_params(request: ChatCompletionRequest, max_new_tokens: int, limits:
         raise APIError(400, f"n={n}; this server allows at most {limits.max_n} choices", param="n")
     temperature = 1.0 if request.temperature is None else request.temperature
     top_p = 1.0 if request.top_p is None else request.top_p
-    if top_p == 0 or temperature < MIN_TEMPERATURE:
-        # Greedy: top_p 0 means "only the likeliest token", and dividing logits by a vanishing
-        # temperature overflows to inf/NaN, which would fail every request in the engine's batch.
+    if top_p == 0:  # OpenAI's top_p 0 means "only the likeliest token": greedy
         temperature, top_p = 0.0, 1.0
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                    top_k=request.top_k or 0, repetition_penalty=request.repetition_penalty or 1.0,
