@@ -68,10 +68,12 @@ class StubServer:
                     if isinstance(item, tuple) and item[0] == "sleep":
                         time.sleep(item[1])
                         item = item[2]
-                    self._send(body, item)
                 finally:
+                    # Before replying: once the client has the reply it may send the next request,
+                    # which must not be counted as overlapping this one.
                     with stub.lock:
                         stub.in_flight -= 1
+                self._send(body, item)
 
             def _send(self, body, item):
                 if isinstance(item, int):
