@@ -276,3 +276,12 @@ def test_bf16_engine_runs(tiny_checkpoint):
     batch = model.prepare([request.messages], [request.images])
     reference = model.model.generate(batch.input_ids, batch.pixel_values, max_new_tokens=5, eos_token_ids=[])
     assert len(result.token_ids) == 5 and result.token_ids[0] == reference[0][0]  # same prefill, same first token
+
+
+def test_vanishing_top_p_keeps_the_likeliest_token():
+    from llavakit.engine.sampling import filter_top_k_top_p
+
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.0])
+    for top_p in (5e-268, 1e-9, 0.1):  # the first is 0 in float32
+        kept = filter_top_k_top_p(logits, 0, top_p)
+        assert torch.isfinite(kept).tolist() == [False, True, False, False]

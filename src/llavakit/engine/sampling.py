@@ -101,6 +101,7 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         probs = sorted_logits.softmax(-1)
         # Drop a token when the mass before it already reaches top_p; the first always stays.
         drop = probs.cumsum(-1) - probs >= top_p
+        drop[..., 0] = False  # explicitly: a top_p below float32's range rounds to 0 in the comparison
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
     return logits

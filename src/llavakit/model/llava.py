@@ -147,14 +147,10 @@ class LlavaModel(nn.Module):
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
                 generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy (temperature 0) or nucleus sampling over [B, V] logits."""
+    """Greedy (temperature 0) or nucleus sampling over [B, V] logits, with the engine's filter."""
+    from llavakit.engine.sampling import filter_top_k_top_p  # lazy: the engine imports this module
+
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    rows = [filter_top_k_top_p(row / temperature, 0, top_p) for row in logits]
+    return torch.multinomial(torch.stack(rows).softmax(-1), 1, generator=generator).squeeze(-1)
