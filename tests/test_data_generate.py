@@ -104,8 +104,13 @@ class Endpoint:
     extra_args: tuple[str, ...] = ()  # e.g. ("--max-tokens", "32") for a tiny served model
 
 
-@pytest.fixture
-def llm_endpoint():
+@pytest.fixture(params=["stub", "served"])
+def llm_endpoint(request):
+    """The scripted stub, and a real `llavakit serve` running a tiny random model."""
+    if request.param == "served":
+        url, model = request.getfixturevalue("served_tiny_model")
+        yield Endpoint(url, model, None, extra_args=("--max-tokens", "32"))
+        return
     with StubServer(scripted_reply()) as server:
         yield Endpoint(server.url, "stub-llm", server)
 

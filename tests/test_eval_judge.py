@@ -136,7 +136,17 @@ def test_unreachable_endpoint_is_retried_then_reported():
     assert judge.stats.http_calls == 2
 
 
-def test_judged_benchmarks_end_to_end(tiny_checkpoint, judge_endpoint, tmp_path):
+@pytest.fixture(params=["stub", "served"])
+def any_judge(request):
+    """The scripted stub judge, and a real `llavakit serve` (a tiny random model) as the judge."""
+    if request.param == "served":
+        url, model = request.getfixturevalue("served_tiny_model")
+        return Endpoint(url, model, None)
+    return request.getfixturevalue("judge_endpoint")
+
+
+def test_judged_benchmarks_end_to_end(tiny_checkpoint, any_judge, tmp_path):
+    judge_endpoint = any_judge
     if judge_endpoint.stub is not None:
         judge_endpoint.stub.failures = [429]
     args = ["eval", "--model", str(tiny_checkpoint), "--benchmark", "llava_bench_wild", "mm_vet", "scienceqa_img",

@@ -131,7 +131,7 @@ def hf_llama(seed: int = 0, qwen2: bool = False, **overrides) -> torch.nn.Module
     return LlamaForCausalLM(hf_text_config(**overrides)).eval()
 
 
-def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
+def make_tiny_checkpoint(directory: Path, seed: int = 0, context: int = 256) -> Path:
     """A complete llavakit checkpoint folder (random weights + a real tokenizer), in about a second.
 
     The tokenizer is the test sentencepiece Llama tokenizer; the image slots use -200 (outside
@@ -148,6 +148,7 @@ def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     config = our_config(image_token_id=-200)
     config.language.vocab_size = len(tokenizer)
     config.language.pad_token_id = None
+    config.language.max_position_embeddings = context
     model = LlavaModel(config).eval()
     with torch.no_grad():
         for p in model.projector.parameters():
