@@ -1,0 +1,273 @@
+"""Pretrain a small Llama-style language model on the world's text and save it as a Llama folder.
+
+The documents are the world's captions (plain sentences), its instruction records rendered with
+the vicuna_v1 template, images left out (the base LLM of a LLaVA is itself a chat model, Vicuna,
+so ours learns the world's vocabulary, its question forms and where a turn ends, "</s>"), and
+"reading" chats whose questions are answered from a description in the same chat. Held-out
+perplexity is measured on documents of the benchmark scenes, which it never trains on, and
+`echo_accuracy` checks whether greedy answers repeat what was asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from llavakit.checkpoints.hf_configs import language_to_hf
+from llavakit.checkpoints.io import atomic_save_safetensors
+from llavakit.config import LanguageConfig
+from llavakit.conversation import IMAGE_PLACEHOLDER, RenderedPrompt, from_llava_conversations, get_template
+from llavakit.model.language import KVCache, LanguageModel
+from llavakit.world.dataset import (
+    BENCH,
+    TRAIN,
+    WorldFiles,
+    caption_record,
+    instruct_records,
+    load_scenes,
+    text_rng,
+)
+from llavakit.world.language import caption, detailed_description
+from llavakit.world.pretrain_vision import PretrainResult, lr_at, param_groups
+from llavakit.world.questions import SHORT_SUFFIX, SIMPLE, ask_presence, sample_question
+from llavakit.world.scenes import Scene
+from llavakit.world.tokenizer import save_tokenizer
+
+
+@dataclass
+class LMPretrainConfig:
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 1024
+    block_size: int = 256
+    batch_size: int = 8
+    steps: int = 400
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 30
+    reading_per_image: int = 1  # reading documents (questions answered from a description) per image
+    eval_images: int = 300  # benchmark scenes whose documents measure held-out perplexity
+
+    def model_config(self, vocab_size: int) -> LanguageConfig:
+        return LanguageConfig(
+            vocab_size=vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+            num_layers=self.num_layers, num_heads=self.num_heads, num_kv_heads=self.num_heads,
+            max_position_embeddings=self.max_position_embeddings, rms_norm_eps=1e-5, rope_theta=10000.0,
+            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+        )
+
+
+def chat_document(record: dict[str, Any]) -> RenderedPrompt:
+    """An instruction record as vicuna_v1 chat text (image placeholder left out), with its answers' spans."""
+    turns = [dict(t) for t in record["conversations"]]
+    turns[0]["value"] = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+    messages = from_llava_conversations(turns)
+    return get_template("vicuna_v1").render(messages, add_generation_prompt=False)
+
+
+def reading_document(scene: Scene, rng: np.random.Generator) -> RenderedPrompt:
+    """A chat whose answers follow from the text: a description, then 2-4 questions about it.
+
+    Image-free LLaVA text cannot teach the LM to look things up in its context (the answers
+    depend on an image it never sees); these documents do, and stage 2 needs exactly that skill,
+    with image features in place of the description.
+    """
+    description = caption(scene, rng) if rng.random() < 0.5 else detailed_description(scene, rng)
+    pairs = []
+    for qa in [sample_question(list(SIMPLE.values()), scene, rng) for _ in range(int(rng.integers(2, 5)))]:
+        if qa is not None:
+            short = rng.random() < 0.4
+            pairs.append((qa.question + SHORT_SUFFIX, qa.short) if short else (qa.question, qa.long))
+    turns = []
+    for k, (q, a) in enumerate(pairs):
+        turns += [{"from": "human", "value": f"{description}\n{q}" if k == 0 else q}, {"from": "gpt", "value": a}]
+    return get_template("vicuna_v1").render(from_llava_conversations(turns), add_generation_prompt=False)
+
+
+def train_documents(world: WorldFiles, reading_per_image: int = 1) -> list[RenderedPrompt]:
+    """Captions as plain sentences, every instruction record as a chat, and reading documents."""
+    captions = [RenderedPrompt(r["conversations"][1]["value"]) for r in json.loads(world.captions.read_text())]
+    docs = captions + [chat_document(r) for r in json.loads(world.instruct.read_text())]
+    seed = json.loads(world.meta.read_text())["seed"]
+    for i, scene in enumerate(load_scenes(world.scenes("train"))):
+        rng = np.random.default_rng([seed, TRAIN, i, 0, 2])
+        docs += [reading_document(scene, rng) for _ in range(reading_per_image)]
+    return docs
+
+
+def heldout_documents(world: WorldFiles, n_images: int) -> list[RenderedPrompt]:
+    """Captions and instruction records generated for benchmark scenes exactly as for training ones."""
+    seed = json.loads(world.meta.read_text())["seed"]
+    docs = []
+    for i, scene in enumerate(load_scenes(world.scenes("bench"))[:n_images]):
+        rng, image, rid = text_rng(seed, BENCH, i), f"bench/{i:06d}.png", f"world-bench-{i:06d}"
+        docs.append(RenderedPrompt(caption_record(scene, rng, image, rid)["conversations"][1]["value"]))
+        docs += [chat_document(r) for r in instruct_records(scene, rng, image, rid)]
+    return docs
+
+
+def pack(tokenizer, documents: list[RenderedPrompt], block_size: int,
+         max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BOS + document + EOS, concatenated and cut into [blocks, block_size + 1] rows (inputs and
+    next-token targets overlap by one), and a [blocks, block_size] mask of the targets that are
+    tokens of an assistant's answer. Stops tokenising once `max_tokens` are collected."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    answers: list[bool] = []
+    for start in range(0, len(documents), 2048):
+        chunk = documents[start : start + 2048]
+        encoded = tokenizer([d.text for d in chunk], return_offsets_mapping=True)
+        for doc, ids, offsets in zip(chunk, encoded["input_ids"], encoded["offset_mapping"]):
+            in_answer = [any(s <= a < e for s, e in doc.target_spans) for a, _ in offsets]
+            in_answer[0] = False  # BOS
+            if ids[-1] != eos:  # chat documents already end with </s>
+                ids, in_answer = [*ids, eos], [*in_answer, False]
+            stream += ids
+            answers += in_answer
+        if max_tokens is not None and len(stream) >= max_tokens:
+            break
+    n = (len(stream) - 1) // block_size
+    if n < 1:
+        raise ValueError(f"{len(stream)} tokens are not enough for one block of {block_size}")
+    rows = [stream[i * block_size : (i + 1) * block_size + 1] for i in range(n)]
+    masks = [answers[i * block_size + 1 : (i + 1) * block_size + 1] for i in range(n)]
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.bool)
+
+
+def init_weights(model: LanguageModel, std: float = 0.02) -> None:
+    """GPT-2 style: N(0, std) everywhere, residual output projections scaled by 1/sqrt(2 * layers)."""
+    scaled = std / math.sqrt(2 * model.config.num_layers)
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, 0.0, scaled if name.endswith(("o_proj.weight", "down_proj.weight")) else std)
+
+
+def lm_loss(model: LanguageModel, rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token loss, weighted per target when `weights` is given."""
+    logits = model(rows[:, :-1])
+    nll = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none")
+    if weights is None:
+        return nll.mean()
+    weights = weights.flatten()
+    return (nll * weights).sum() / weights.sum()
+
+
+@torch.no_grad()
+def perplexity(model: LanguageModel, blocks: torch.Tensor, mask: torch.Tensor | None = None,
+               batch_size: int = 32) -> float:
+    """exp(mean next-token loss) over all targets, or over those where `mask` is true."""
+    model.eval()
+    mask = torch.ones(blocks[:, 1:].shape, dtype=torch.bool) if mask is None else mask
+    total, count = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        rows, keep = blocks[i : i + batch_size], mask[i : i + batch_size].float()
+        total += float(lm_loss(model, rows, keep)) * float(keep.sum())
+        count += float(keep.sum())
+    return math.exp(total / count)
+
+
+@torch.no_grad()
+def echo_accuracy(model: LanguageModel, tokenizer, world: WorldFiles, n_questions: int = 40,
+                  max_new_tokens: int = 16) -> float:
+    """How often the greedy answer to "Is there a red circle in the image?" names the red circle.
+
+    Without the image the LM cannot know the answer, but it can repeat what was asked, and must
+    learn to: every sentence answer refers back to the question. A measure of in-context copying.
+    """
+    model.eval()
+    seed = json.loads(world.meta.read_text())["seed"]
+    template = get_template("vicuna_v1")
+    hits = 0
+    scenes = load_scenes(world.scenes("bench"))
+    for i in range(n_questions):
+        rng = text_rng(seed, BENCH, 10_000 + i)
+        qa = ask_presence(scenes[i % len(scenes)], rng)
+        noun = qa.question.split(" in the ")[0].split(" ", 3)[-1].removeprefix("a ").removeprefix("an ")
+        prompt = template.render(from_llava_conversations([{"from": "human", "value": qa.question}]),
+                                 add_generation_prompt=True).text
+        ids = torch.tensor([tokenizer(prompt).input_ids])
+        cache, answer = KVCache(model.config, 1), []
+        for _ in range(max_new_tokens):
+            token = int(model(ids, cache=cache, logits_positions=slice(-1, None))[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            answer.append(token)
+            ids = torch.tensor([[token]])
+        hits += noun in tokenizer.decode(answer)
+    return hits / n_questions
+
+
+def save_language_model(model: LanguageModel, tokenizer, out_dir: str | Path) -> Path:
+    """A transformers LlamaForCausalLM folder: config.json, model.safetensors, tokenizer files."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_save_safetensors(state, out_dir / "model.safetensors")
+    save_tokenizer(tokenizer, out_dir)
+    generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
+    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    hf = {"architectures": ["LlamaForCausalLM"], **language_to_hf(model.config), "dtype": "float32",
+          "attention_dropout": 0.0, "mlp_bias": False, "initializer_range": 0.02, "use_cache": True}
+    (out_dir / "config.json").write_text(json.dumps(hf, indent=2) + "\n")  # last: the folder is complete
+    return out_dir
+
+
+def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: LMPretrainConfig,
+                seed: int = 0, progress: bool = True, max_seconds: float | None = None) -> PretrainResult:
+    """Next-token pretraining on packed world documents; saves the model and measures perplexity."""
+    start = time.time()
+    world = WorldFiles(Path(world_dir))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 23])
+    documents = train_documents(world, config.reading_per_image)
+    documents = [documents[i] for i in rng.permutation(len(documents))]
+    needed = config.steps * config.batch_size * config.block_size
+    blocks, _ = pack(tokenizer, documents, config.block_size, max_tokens=int(needed * 1.1))
+
+    model = LanguageModel(config.model_config(len(tokenizer)))
+    init_weights(model)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
+    losses: list[float] = []
+    order, cursor = rng.permutation(len(blocks)), 0
+    bar = tqdm(range(config.steps), desc="language", disable=not progress, leave=False)
+    for step in bar:
+        if cursor + config.batch_size > len(order):
+            order, cursor = rng.permutation(len(blocks)), 0
+        rows = blocks[torch.from_numpy(order[cursor : cursor + config.batch_size])]
+        cursor += config.batch_size
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config.steps, config.lr, config.warmup_steps)
+        model.train()
+        loss = lm_loss(model, rows)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if max_seconds is not None and time.time() - start > max_seconds:
+            break
+    bar.close()
+
+    path = save_language_model(model, tokenizer, out_dir)
+    metrics: dict[str, Any] = {"steps": len(losses), "stopped_early": len(losses) < config.steps,
+                               "train_tokens": len(losses) * config.batch_size * config.block_size,
+                               "first_loss": losses[0], "final_loss": float(np.mean(losses[-20:])),
+                               "config": asdict(config)}
+    if config.eval_images:
+        heldout, heldout_answers = pack(tokenizer, heldout_documents(world, config.eval_images), config.block_size)
+        metrics.update(heldout_tokens=int(heldout[:, 1:].numel()), heldout_perplexity=perplexity(model, heldout),
+                       heldout_answer_perplexity=perplexity(model, heldout, heldout_answers),
+                       echo_accuracy=echo_accuracy(model, tokenizer, world))
+    return PretrainResult(path, losses, metrics, time.time() - start)

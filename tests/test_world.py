@@ -1,0 +1,270 @@
+"""The synthetic world, its tokenizer and the backbone pretraining (llavakit.world)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llavakit.conversation import IMAGE_PLACEHOLDER, from_llava_conversations, get_template
+from llavakit.tokenize import IGNORE_INDEX, encode
+from llavakit.world.dataset import load_scenes, read_bench, write_world
+from llavakit.world.language import plural, where
+from llavakit.world.questions import MC_SUFFIX, SHORT_SUFFIX
+from llavakit.world.scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, WorldObject
+from llavakit.world.tokenizer import load_world_tokenizer, train_world_tokenizer
+
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    write_world(root, SEED, n_train_images=120, n_bench_images=80, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer(world, tmp_path_factory):
+    return train_world_tokenizer(world, tmp_path_factory.mktemp("tok"))
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_world_is_deterministic_from_its_seed(world, tmp_path) -> None:
+    again = write_world(tmp_path / "again", SEED, 120, 80, progress=False).root
+    assert _digest(again) == _digest(world)
+    other = write_world(tmp_path / "other", SEED + 1, 20, 5, progress=False).root
+    assert (other / "captions.json").read_text() != (world / "captions.json").read_text()
+    # Image i depends on (seed, i) only, not on how many images were made.
+    fewer = _digest(write_world(tmp_path / "fewer", SEED, 20, 5, progress=False).root)
+    assert all(fewer[k] == _digest(world)[k] for k in fewer if k.startswith("images/"))
+
+
+def _check_record(record: dict, image_folder: Path) -> None:
+    assert set(record) == {"id", "image", "conversations"}
+    assert (image_folder / record["image"]).is_file()
+    turns = record["conversations"]
+    assert len(turns) >= 2 and len(turns) % 2 == 0
+    assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+    assert all(isinstance(t["value"], str) and t["value"].strip() for t in turns)
+    # One image per record, so exactly one placeholder, in the first human turn.
+    assert sum(t["value"].count(IMAGE_PLACEHOLDER) for t in turns) == 1
+    assert IMAGE_PLACEHOLDER in turns[0]["value"]
+    get_template("vicuna_v1").render(from_llava_conversations(turns), add_generation_prompt=False)
+
+
+def test_files_are_valid_llava_json(world) -> None:
+    captions = json.loads((world / "captions.json").read_text())
+    instruct = json.loads((world / "instruct.json").read_text())
+    assert len(captions) == 120
+    for record in captions + instruct:
+        _check_record(record, world / "images")
+    assert len({r["id"] for r in captions}) == len(captions)
+    assert len({r["id"] for r in instruct}) == len(instruct)
+    styles = {r["id"].rsplit("-", 1)[1] for r in instruct}
+    assert styles == {"conv", "detail", "reason", "short", "mc", "yesno"}
+    for r in instruct:
+        questions = [t["value"] for t in r["conversations"][::2]]
+        answers = [t["value"] for t in r["conversations"][1::2]]
+        if r["id"].endswith("-short"):
+            assert all(q.endswith(SHORT_SUFFIX) for q in questions)
+        if r["id"].endswith("-mc"):
+            assert all(q.endswith(MC_SUFFIX) and "\nA. " in q for q in questions)
+            assert all(a in "ABCD" and len(a) == 1 for a in answers)
+        if r["id"].endswith("-yesno"):
+            assert sorted(answers) == ["No", "Yes"]
+
+
+# ---- an independent reading of the questions, checked against the annotations -------------------
+
+def _mentioned(text: str, words) -> list[str]:
+    padded = f" {text.lower().rstrip('?')} "
+    return [w for w in words if f" {w} " in padded or f" {plural(w)} " in padded]
+
+
+def _position_in(text: str) -> str | None:
+    for p in sorted(POSITIONS, key=len, reverse=True):
+        if where(p) in text:
+            return p
+    return None
+
+
+def _select(scene: Scene, text: str) -> list[WorldObject]:
+    """Objects matching every attribute the question mentions."""
+    colours, shapes, sizes = _mentioned(text, COLOURS), _mentioned(text, SHAPES), _mentioned(text, SIZES)
+    position = _position_in(text)
+    return [o for o in scene.objects
+            if (not colours or o.colour in colours) and (not shapes or o.shape in shapes)
+            and (not sizes or o.size in sizes) and (position is None or o.position == position)]
+
+
+def test_benchmark_answers_follow_from_the_annotations(world) -> None:
+    scenes = load_scenes(world / "scenes_bench.json")
+    train = {s.signature for s in load_scenes(world / "scenes_train.json")}
+    questions = read_bench(world / "bench.jsonl")
+    assert {q["category"] for q in questions} == {"colour", "shape", "count", "position", "presence"}
+    for q in questions:
+        scene = scenes[int(q["image"].split("/")[1].split(".")[0])]
+        assert (world / "images" / q["image"]).is_file()
+        truth = q["answer"] if q["type"] != "mc" else q["answer_text"]
+        if q["type"] == "mc":
+            assert q["options"][ord(q["answer"]) - ord("A")] == truth and q["text"].endswith(MC_SUFFIX)
+        elif q["type"] == "short":
+            assert q["text"].endswith(SHORT_SUFFIX) and q["answers"] == [truth] * 10
+        question = q["question"]
+        if q["category"] == "count":
+            assert int(truth) == len(_select(scene, question)) and 1 <= int(truth) <= 5
+        elif q["category"] == "presence":
+            assert truth == ("yes" if _select(scene, question) else "no") == q["label"]
+        else:
+            (obj,) = _select(scene, question)  # the reference picks out exactly one object
+            assert getattr(obj, q["category"]) == truth
+    presence = [q for q in questions if q["category"] == "presence"]
+    assert sum(q["label"] == "yes" for q in presence) == sum(q["label"] == "no" for q in presence)
+    assert {q["pope_split"] for q in presence} == {"positive", "random", "adversarial"}
+    assert all(s.signature not in train for s in scenes if len(s.objects) > 1)
+
+
+def test_training_pixels_match_the_image_processor(world) -> None:
+    from llavakit.images import ImageProcessor
+    from llavakit.world.dataset import WorldFiles, load_images, normalise
+
+    pixels, scenes = load_images(WorldFiles(world), "bench")
+    processor = ImageProcessor(image_size=96, patch_size=16, aspect="pad")
+    expected = processor.preprocess(world / "images" / "bench" / "000003.png")
+    torch.testing.assert_close(normalise(pixels[3:4])[0], expected, atol=1e-6, rtol=0)
+    assert len(scenes) == len(pixels) == 80
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------
+
+def _target_runs(enc) -> list[list[int]]:
+    runs, current = [], []
+    for label in enc.labels:
+        if label != IGNORE_INDEX:
+            current.append(label)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+def test_tokenizer_conventions(tokenizer) -> None:
+    reloaded = load_world_tokenizer(tokenizer.name_or_path)
+    assert reloaded.is_fast and len(reloaded) == len(tokenizer)
+    assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 1, 2, 3)
+    ids = tokenizer("The star is red.</s>USER: hi").input_ids
+    assert ids[0] == 1 and ids.count(2) == 1 and tokenizer.convert_ids_to_tokens(2) == "</s>"
+    assert tokenizer("</s>", add_special_tokens=False).input_ids == [2]
+    assert tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER) == 4
+    assert tokenizer.decode(tokenizer("Is there a 🟥 circle?").input_ids, skip_special_tokens=True) == "Is there a 🟥 circle?"
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1", "plain"])
+def test_tokenizer_gives_exact_labels(tokenizer, world, template: str) -> None:
+    source = "instruct.json" if template == "vicuna_v1" else "captions.json"
+    records = json.loads((world / source).read_text())[:40]
+    for record in records:
+        messages = from_llava_conversations(record["conversations"])
+        rendered = get_template(template).render(messages, add_generation_prompt=False)
+        enc = encode(rendered, tokenizer, image_token_id=-200, tokens_per_image=36, with_labels=True)
+        assert [tokenizer.decode(run) for run in _target_runs(enc)] == rendered.target_texts()
+        assert enc.input_ids.count(-200) == 36 and enc.input_ids[0] == tokenizer.bos_token_id
+
+
+# ---- backbones ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    from llavakit.world.backbones import pretrain_backbones
+
+    # One thread: on cores shared with other work two threads spin on each other and run slower.
+    return pretrain_backbones(tmp_path_factory.mktemp("backbones"), seed=0, budget="tiny", progress=False,
+                              num_threads=1)
+
+
+def _early_late(losses: list[float], k: int = 5) -> tuple[float, float]:
+    return float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
+
+
+def test_tiny_pretraining_lowers_both_losses(backbones) -> None:
+    report = json.loads(backbones.report.read_text())
+    for name in ("vision", "language"):
+        early, late = _early_late(report["losses"][name])
+        assert late < early * 0.9, (name, early, late)
+    assert 0 <= report["vision"]["retrieval_top1"] <= 1
+    assert report["language"]["heldout_perplexity"] < report["tokenizer"]["vocab_size"]
+
+
+def test_tiny_pretraining_is_deterministic(backbones, tmp_path) -> None:
+    from llavakit.world.backbones import pretrain_backbones
+
+    again = pretrain_backbones(tmp_path, seed=0, budget="tiny", progress=False, num_threads=1)
+    for part in ("vision", "language"):
+        first = (getattr(backbones, part) / "model.safetensors").read_bytes()
+        assert (getattr(again, part) / "model.safetensors").read_bytes() == first, part
+
+
+def test_vision_folder_loads_with_llavakit_and_transformers(backbones) -> None:
+    from transformers import CLIPVisionModel
+
+    from llavakit.checkpoints.io import load_into
+    from llavakit.checkpoints.original import read_vision_tower
+    from llavakit.model.vision import VisionTower
+
+    config, state = read_vision_tower(backbones.vision)
+    assert config.kind == "clip" and config.image_size == 96 and config.patch_size == 16
+    tower = VisionTower(config).eval()
+    load_into(tower, {k.removeprefix("vision_tower."): v for k, v in state.items()}, str(backbones.vision))
+    hf = CLIPVisionModel.from_pretrained(str(backbones.vision)).eval()
+    pixels = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        ours = tower(pixels, layer=-2)
+        theirs = hf(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_language_folder_loads_with_llavakit_and_transformers(backbones) -> None:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from llavakit.checkpoints.hf_configs import language_from_hf
+    from llavakit.checkpoints.io import load_into, read_state_dict, weight_files
+    from llavakit.model.language import LanguageModel
+
+    d = json.loads((backbones.language / "config.json").read_text())
+    config = language_from_hf(d, "config.json")
+    tokenizer = AutoTokenizer.from_pretrained(str(backbones.language))
+    assert config.vocab_size == len(tokenizer) and (config.bos_token_id, config.eos_token_id) == (1, 2)
+    model = LanguageModel(config).eval()
+    load_into(model, read_state_dict(weight_files(backbones.language)), str(backbones.language))
+    hf = LlamaForCausalLM.from_pretrained(str(backbones.language)).eval()
+    ids = torch.tensor([tokenizer("USER: What colour is the star? ASSISTANT: The star is red.</s>").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_backbones_assemble_into_a_llava_model(backbones, tmp_path) -> None:
+    """A stage-1 style projector file on top of the two folders builds, loads and answers."""
+    from llavakit.api import load_projector_only
+    from llavakit.config import ProjectorConfig
+    from llavakit.model.projector import build_projector
+
+    vision_width = json.loads((backbones.vision / "config.json").read_text())["hidden_size"]
+    text_width = json.loads((backbones.language / "config.json").read_text())["hidden_size"]
+    projector = build_projector(ProjectorConfig("mlp2x_gelu"), vision_width, text_width)
+    state = {f"model.mm_projector.{k}": v for k, v in projector.state_dict().items()}
+    torch.save(state, tmp_path / "mm_projector.bin")
+    (tmp_path / "config.json").write_text(json.dumps({"mm_projector_type": "mlp2x_gelu"}))
+    llava = load_projector_only(tmp_path / "mm_projector.bin", language_model=backbones.language,
+                                vision_tower=backbones.vision, device="cpu", dtype="fp32")
+    assert llava.config.tokens_per_image == 36 and llava.template.name == "plain"
+    image = backbones.world / "images" / "bench" / "000000.png"
+    assert isinstance(llava.ask(str(image), "What colour is the star?", max_new_tokens=4), str)
