@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from llavakit.jsonl import records_by_id, reopen_jsonl
+
 API_KEY_VARIABLES = ("LLAVAKIT_LLM_API_KEY", "OPENAI_API_KEY")
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 CACHE_FILE_NAME = "llm_cache.jsonl"
@@ -152,20 +154,8 @@ class ReplyCache:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._records: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        if self.path.exists():
-            data = self.path.read_bytes()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):
-                with open(self.path, "r+b") as f:
-                    f.truncate(end)
-            for line in data[:end].splitlines():
-                try:
-                    record = json.loads(line)
-                    self._records[str(record["id"])] = record
-                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                    continue
+        self._records, _ = records_by_id(reopen_jsonl(self.path)[0])
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:

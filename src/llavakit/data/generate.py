@@ -24,6 +24,7 @@ from typing import Any
 from llavakit.data.coco import ImageContext
 from llavakit.data.parse import Rejected, parse_reply
 from llavakit.data.prompts import build_messages
+from llavakit.jsonl import records_by_id, reopen_jsonl
 from llavakit.llm import ChatClient, LLMError
 
 # Statuses that no retry or later request will fix: stop the run instead of failing every image.
@@ -72,22 +73,11 @@ class GenerateReport:
 
 
 def done_ids(path: Path) -> tuple[set[str], int]:
-    """Ids already in an output JSONL file, and the bytes of torn last line cut off (0 if none)."""
-    if not path.exists():
-        return set(), 0
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    torn = len(data) - end
-    if torn:
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    ids = set()
-    for line in data[:end].splitlines():
-        try:
-            ids.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            continue  # a foreign line; `llavakit data check` reports it
-    return ids, torn
+    """Ids already in an output JSONL file, and the bytes of torn last line cut off (0 if none).
+
+    Lines without an id are foreign; `llavakit data check` reports them."""
+    values, torn, _ = reopen_jsonl(path)
+    return set(records_by_id(values)[0]), torn
 
 
 def _select(images: Iterable[ImageContext], done: set[str], image_dir: Path | None,

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from llavakit.jsonl import records_by_id, reopen_jsonl
+
 
 class JsonlStore:
     """Records ``{"id": ..., **fields}`` in a JSONL file; the last record for an id wins."""
@@ -26,25 +28,11 @@ class JsonlStore:
         self._load()
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
-        if end < len(data):
-            self.repaired = len(data) - end
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
+        values, self.repaired, unreadable = reopen_jsonl(self.path)
+        if self.repaired:
             print(f"{self.path}: removed a torn last line ({self.repaired} bytes)", file=sys.stderr)
-        for line in data[:end].splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                key = str(record["id"])
-            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-                self.skipped += 1
-                continue
-            self.records[key] = record
+        self.records, missing = records_by_id(values)
+        self.skipped = unreadable + missing
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
