@@ -305,3 +305,36 @@ def test_scienceqa_judge_ensemble_falls_back_to_the_model():
     s = score("scienceqa_img", {"5": "B", "11": "A"}, context=ScoreContext(judge, options={"judge_ensemble": True}))
     assert s["ensemble"]["accuracy"] == 50.0 and s["ensemble"]["judge_unparseable"] == 2
     assert judge.unparseable == {"scienceqa_img": 2}
+
+
+def test_tiny_world_scores():
+    # short (VQA accuracy, 10 identical references): "Red." -> red 1 ; "a square" -> square 1 ;
+    #   "three" -> 3 1 ; "bottom left" vs bottom 0 ; "blue" vs purple 0 ; triangle 1 ; 4 1 ;
+    #   "Bottom left" 1  -> colour 50, shape 100, count 100, position 50, all 6/8 = 75
+    # mc: "D" on D right ; "(C)" on B wrong -> colour 100, shape 0, all 50
+    # presence: image 0 is random (No on no: TN, Yes on yes: TP -> F1 100); image 1 adversarial
+    #   ("Yes, there is." on no: FP, "yes" on yes: TP -> P 1/2, R 1, F1 2/3) -> pope_f1 (100 + 66.7) / 2
+    preds = {"bench-000000-0": "Red.", "bench-000000-1": "a square", "bench-000000-2": "three",
+             "bench-000000-3": "bottom left", "bench-000000-4": "D", "bench-000000-5": "No",
+             "bench-000000-6": "Yes", "bench-000001-0": "blue", "bench-000001-1": "triangle",
+             "bench-000001-2": "4", "bench-000001-3": "Bottom left", "bench-000001-4": "(C)",
+             "bench-000001-5": "Yes, there is.", "bench-000001-6": "yes"}
+    s = score("tiny-world", preds)
+    assert s["short"] == {"colour": 50.0, "count": 100.0, "position": 50.0, "shape": 100.0}
+    assert s["short_accuracy"] == 75.0
+    assert s["mc"] == {"colour": 100.0, "shape": 0.0} and s["mc_accuracy"] == 50.0
+    assert s["pope"]["random"]["f1"] == 100.0 and s["pope"]["adversarial"]["f1"] == pytest.approx(200 / 3)
+    assert s["pope_f1"] == pytest.approx(250 / 3)
+    assert s["average"] == pytest.approx((75 + 50 + 250 / 3) / 3)
+    assert s["count"] == 14 and s["missing"] == 0
+
+
+def test_tiny_world_requests():
+    bench = get_benchmark("tiny-world")(FIXTURES / "tiny-world")
+    requests = bench.requests()
+    assert len(requests) == 14 and {r.group for r in requests} == {"bench/000000.png", "bench/000001.png"}
+    first = requests[0]
+    assert first.prompt == ("<image>\nWhich colour does the circle have?\n"
+                            "Answer the question using a single word or phrase.")
+    assert first.images[0].is_file()
+    assert requests[4].prompt.endswith("D. orange\nAnswer with the option's letter from the given choices directly.")

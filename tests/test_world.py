@@ -221,7 +221,7 @@ def test_vision_folder_loads_with_llavakit_and_transformers(backbones) -> None:
     from llavakit.model.vision import VisionTower
 
     config, state = read_vision_tower(backbones.vision)
-    assert config.kind == "clip" and config.image_size == 96 and config.patch_size == 16
+    assert config.kind == "clip" and config.image_size == 96 and config.patch_size == 32
     tower = VisionTower(config).eval()
     load_into(tower, {k.removeprefix("vision_tower."): v for k, v in state.items()}, str(backbones.vision))
     hf = CLIPVisionModel.from_pretrained(str(backbones.vision)).eval()
@@ -265,6 +265,6 @@ def test_backbones_assemble_into_a_llava_model(backbones, tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"mm_projector_type": "mlp2x_gelu"}))
     llava = load_projector_only(tmp_path / "mm_projector.bin", language_model=backbones.language,
                                 vision_tower=backbones.vision, device="cpu", dtype="fp32")
-    assert llava.config.tokens_per_image == 36 and llava.template.name == "plain"
+    assert llava.config.tokens_per_image == 9 and llava.template.name == "plain"
     image = backbones.world / "images" / "bench" / "000000.png"
     assert isinstance(llava.ask(str(image), "What colour is the star?", max_new_tokens=4), str)

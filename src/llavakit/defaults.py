@@ -4,8 +4,13 @@ from __future__ import annotations
 
 
 def default_model_reference() -> str:
-    """The model `llavakit chat` / `ask` use without --model (a folder or hub id)."""
+    """The model `llavakit chat`, `ask`, `serve` and `web` use without --model: the embedded one."""
     from llavakit.cli import UserError
+    from llavakit.world.ship import package_model_dir, shipped_model_dir
 
-    # No model is embedded yet; once one is, return its folder or hub id here.
-    raise UserError("no default model yet; pass --model (a checkpoint folder or hub id)")
+    folder = shipped_model_dir()
+    if folder is None:
+        raise UserError(f"this installation has no embedded model (expected in {package_model_dir()}); pass "
+                        "--model (a checkpoint folder or hub id), or build it: llavakit train tiny-world, then "
+                        "python -m llavakit.world.ship runs/tiny-world")
+    return str(folder)

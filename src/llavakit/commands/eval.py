@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         "run continues where it stopped. A report (JSON, markdown, PNG) of everything in --output is written at the end.",
     )
     p.add_argument("--model", help="checkpoint folder or hub id (llavakit, llava-hf or original LLaVA format)")
-    p.add_argument("--benchmark", nargs="+", metavar="NAME", help="benchmark name(s), or 'all' (see --list)")
+    p.add_argument("--benchmark", nargs="+", metavar="NAME", help="benchmark name(s), or 'all' for the paper's twelve (see --list)")
     p.add_argument("--data", help="folder with the benchmark's official files; with several benchmarks, a folder "
                    "with one subfolder per benchmark name (default: ./eval_data)")
     p.add_argument("--split", nargs="+", metavar="SPLIT", help="split to evaluate (default: the one LLaVA-1.5 "
@@ -79,13 +79,13 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     from llavakit.eval.base import BenchmarkError
     from llavakit.eval.judge import Judge, JudgeError
-    from llavakit.eval.registry import BENCHMARKS, get_benchmark
+    from llavakit.eval.registry import PAPER_BENCHMARKS, get_benchmark
     from llavakit.eval.report import write_report
     from llavakit.eval.runner import answer_fn_from_engine, lazy_answer_fn, run_benchmark
 
     if not args.benchmark:
         raise UserError("give --benchmark NAME (or 'all'); --list shows the names")
-    names = list(BENCHMARKS) if args.benchmark == ["all"] else args.benchmark
+    names = [cls.name for cls in PAPER_BENCHMARKS] if args.benchmark == ["all"] else args.benchmark
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     if not args.score_only and not args.model:

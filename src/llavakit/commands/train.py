@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.recipe:
         raise UserError("give a recipe: a packaged name (see --list) or a YAML path")
+    from llavakit.world.pipeline import is_world_recipe
+
+    if is_world_recipe(args.recipe):
+        return _run_world(args)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as err:
@@ -86,4 +90,34 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from err
     if rank == 0:
         print(format_report(summary))
+    return 0
+
+
+def _run_world(args: argparse.Namespace) -> int:
+    """A world recipe (tiny-world): the whole embedded-model pipeline, not one training stage."""
+    import json
+    import logging
+
+    from llavakit.cli import UserError
+    from llavakit.train.recipe import RecipeError
+    from llavakit.world.pipeline import load_world_recipe, run_world_recipe
+
+    if args.dry_run:
+        raise UserError(f"{args.recipe} is a whole pipeline; --dry-run plans one training stage "
+                        "(try tiny-world-stage1 or tiny-world-stage2)")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        recipe = load_world_recipe(args.recipe, args.overrides)
+        run = run_world_recipe(recipe)
+    except RecipeError as err:
+        raise UserError(str(err)) from err
+    summary = json.loads(run.summary.read_text())
+    final, baseline = summary["scores"]["final"], summary["scores"]["stage1_only"]
+    print(f"model: {run.model}")
+    print(f"tiny-world benchmark: short colour {final['short'].get('colour', 0):.1f}, shape "
+          f"{final['short'].get('shape', 0):.1f}, count {final['short'].get('count', 0):.1f}, position "
+          f"{final['short'].get('position', 0):.1f}; multiple choice {final['mc_accuracy']:.1f}; "
+          f"POPE F1 {final['pope_f1']:.1f}")
+    print(f"short answers: {final['short_accuracy']:.1f} (stage 1 only: {baseline['short_accuracy']:.1f})")
+    print(f"time: {summary['timings_s']['total'] / 60:.1f} min; summary: {run.summary}")
     return 0
