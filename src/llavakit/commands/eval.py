@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         "Answers are appended to <output>/<benchmark>/<split>/predictions.jsonl as they come, so an interrupted "
         "run continues where it stopped. A report (JSON, markdown, PNG) of everything in --output is written at the end.",
     )
-    p.add_argument("--model", help="checkpoint folder or hub id (llavakit, llava-hf or original LLaVA format)")
+    p.add_argument("--model", help="checkpoint folder or hub id (llavakit, llava-hf or original LLaVA format); "
+                   "default: the embedded model")
     p.add_argument("--benchmark", nargs="+", metavar="NAME", help="benchmark name(s), or 'all' for the paper's twelve (see --list)")
     p.add_argument("--data", help="folder with the benchmark's official files; with several benchmarks, a folder "
                    "with one subfolder per benchmark name (default: ./eval_data)")
@@ -89,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     if not args.score_only and not args.model:
-        raise UserError("give --model (or --score-only to rescore stored predictions)")
+        from llavakit.defaults import default_model_reference
+
+        args.model = default_model_reference()  # the embedded model
     if args.judge_url and not args.judge_model:
         raise UserError("--judge-url needs --judge-model")
     root = Path(args.data or "eval_data")
