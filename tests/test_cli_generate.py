@@ -54,9 +54,12 @@ def test_ask_missing_image_is_one_line_error(tiny_checkpoint, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("llavakit ask: error:") and "nowhere.png" in lines[0]
 
 
-def test_ask_without_model_explains(capsys):
+def test_ask_without_model_and_without_an_embedded_one_explains(capsys, monkeypatch):
+    # A installation without llavakit/assets/tiny-world (e.g. a trimmed wheel) says what to do.
+    monkeypatch.setattr("llavakit.world.ship.package_model_dir", lambda: Path("/nonexistent/tiny-world"))
     assert cli.main(["ask", "hello"]) == 1
-    assert "--model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no embedded model" in err and "--model" in err and "llavakit train tiny-world" in err
 
 
 def test_chat_through_stdin(tiny_checkpoint, image, tmp_path):

@@ -34,6 +34,7 @@ GOLDEN = {
                           "C. a blue square\nD. nothing" + LETTER,
     ("llava_bench_wild", None): "<image>\nWhat is the name of this famous sight in the photo?",
     ("mm_vet", None): "<image>\nWhat is x in the equation?",
+    ("tiny-world", None): "<image>\nWhich colour does the circle have?" + SHORT,
 }
 
 
