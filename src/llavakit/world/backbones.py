@@ -97,6 +97,12 @@ class BackbonePaths:
     language: Path
     report: Path
 
+    @classmethod
+    def at(cls, root: Path) -> BackbonePaths:
+        """Where `pretrain_backbones(root, ...)` writes (or wrote) each part."""
+        return cls(root, root / "world", root / "tokenizer", root / "vision", root / "language",
+                   root / "backbones.json")
+
 
 def _params(state_file: Path) -> int:
     from safetensors.torch import load_file
@@ -122,8 +128,7 @@ def pretrain_backbones(out_dir: str | Path, seed: int = 0, budget: str | Budget 
 
 
 def _run(root: Path, seed: int, budget: Budget, progress: bool) -> BackbonePaths:
-    paths = BackbonePaths(root, root / "world", root / "tokenizer", root / "vision", root / "language",
-                          root / "backbones.json")
+    paths = BackbonePaths.at(root)
     timings: dict[str, float] = {}
     clock = time.time()
 

@@ -86,11 +86,6 @@ class WorldRun:
     summary: Path  # tiny_world.json: seed, timings, training summaries, scores
 
 
-def _backbone_paths(root: Path) -> BackbonePaths:
-    return BackbonePaths(root, root / "world", root / "tokenizer", root / "vision", root / "language",
-                         root / "backbones.json")
-
-
 def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
     """Run (or finish) every step of the recipe; returns where the results are."""
     from llavakit.train import load_recipe, train
@@ -120,7 +115,7 @@ def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
         summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
     try:
-        paths = _backbone_paths(out / "backbones")
+        paths = BackbonePaths.at(out / "backbones")
         if not paths.report.exists():
             t0 = time.perf_counter()
             paths = pretrain_backbones(paths.root, seed=recipe.seed, budget=budget, progress=recipe.progress)

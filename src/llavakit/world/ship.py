@@ -10,6 +10,7 @@ scenes' annotations (not from the model), and the model card `README.md`.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -68,13 +69,6 @@ def write_examples(folder: Path) -> list[dict[str, Any]]:
     return examples
 
 
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def ship_model(run_dir: str | Path, dest: str | Path | None = None) -> Path:
     """Copy a finished tiny-world run into `dest` (default: the package) with its card and scores."""
     from llavakit.world.card import model_card
@@ -94,7 +88,7 @@ def ship_model(run_dir: str | Path, dest: str | Path | None = None) -> Path:
     from safetensors import safe_open
 
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        summary["parameters"] = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 - not a dict
+        summary["parameters"] = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 - not a dict
     (out / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "README.md").write_text(model_card(summary))
     return out
