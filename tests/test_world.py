@@ -61,7 +61,22 @@ def _check_record(record: dict, image_folder: Path) -> None:
     get_template("vicuna_v1").render(from_llava_conversations(turns), add_generation_prompt=False)
 
 
+def _check_listing(record: dict, scenes: dict[str, Scene]) -> None:
+    """The grounding answer names every object once, each attribute in the order asked for."""
+    request = record["conversations"][0]["value"]
+    answer = record["conversations"][1]["value"]
+    assert answer.endswith(".")
+    colour_first = "colour, then shape" in request
+    assert colour_first or "shape, then colour" in request
+    pairs = [item.split() for item in answer[:-1].split(", ")]
+    named = sorted((p[1], p[0]) if colour_first else (p[0], p[1]) for p in pairs)
+    scene = scenes[record["image"]]
+    assert named == sorted((o.shape, o.colour) for o in scene.objects)
+
+
 def test_files_are_valid_llava_json(world) -> None:
+    scenes = dict(zip((r["image"] for r in json.loads((world / "scenes_train.json").read_text())),
+                      load_scenes(world / "scenes_train.json"), strict=True))
     captions = json.loads((world / "captions.json").read_text())
     instruct = json.loads((world / "instruct.json").read_text())
     assert len(captions) == 120
@@ -70,7 +85,7 @@ def test_files_are_valid_llava_json(world) -> None:
     assert len({r["id"] for r in captions}) == len(captions)
     assert len({r["id"] for r in instruct}) == len(instruct)
     styles = {r["id"].rsplit("-", 1)[1] for r in instruct}
-    assert styles == {"conv", "detail", "reason", "short", "mc", "yesno"}
+    assert styles == {"conv", "detail", "reason", "short", "mc", "yesno", "list"}
     for r in instruct:
         questions = [t["value"] for t in r["conversations"][::2]]
         answers = [t["value"] for t in r["conversations"][1::2]]
@@ -81,6 +96,8 @@ def test_files_are_valid_llava_json(world) -> None:
             assert all(a in "ABCD" and len(a) == 1 for a in answers)
         if r["id"].endswith("-yesno"):
             assert sorted(answers) == ["No", "Yes"]
+        if r["id"].endswith("-list"):
+            _check_listing(r, scenes)
 
 
 # ---- an independent reading of the questions, checked against the annotations -------------------

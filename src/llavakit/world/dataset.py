@@ -24,7 +24,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from llavakit.config import CLIP_MEAN, CLIP_STD
-from llavakit.world.language import CAPTION_REQUESTS, DETAIL_REQUESTS, caption, detailed_description
+from llavakit.world.language import (
+    CAPTION_REQUESTS,
+    DETAIL_REQUESTS,
+    caption,
+    detailed_description,
+    object_listing,
+)
 from llavakit.world.questions import (
     MC_SUFFIX,
     QA,
@@ -39,7 +45,7 @@ from llavakit.world.questions import (
 from llavakit.world.scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render, sample_scene, scene_rng
 
 TRAIN, BENCH = 0, 1  # split codes, part of every random stream's key
-WORLD_VERSION = 1
+WORLD_VERSION = 2  # 2: the grounding style (list)
 IMAGE_DIR = "images"
 
 
@@ -127,7 +133,9 @@ def instruct_records(scene: Scene, rng: np.random.Generator, image: str, rid: st
 
     conv: 2-4 questions answered in sentences; detail / reason (one or the other): a long
     description or 1-2 questions needing a short justification; short: 3-5 VQA-style questions;
-    mc: 1-2 multiple-choice questions; yesno: one present and one absent object, POPE style.
+    mc: 1-2 multiple-choice questions; yesno: one present and one absent object, POPE style;
+    list: every object as "shape colour" or "colour shape" (grounding). The list record draws its
+    random numbers last, so the other records are those of world version 1.
     """
     records = []
 
@@ -160,6 +168,7 @@ def instruct_records(scene: Scene, rng: np.random.Generator, image: str, rid: st
     yesno = _distinct([ask_presence(scene, rng, positive=p, shape_only=bool(rng.random() < 0.2))
                        for p in (yes_first, not yes_first)])
     add("yesno", [(qa.question + SHORT_SUFFIX, qa.short) for qa in yesno])
+    add("list", [object_listing(scene, rng)])
     return records
 
 

@@ -155,6 +155,24 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     return capitalise(join_list(chunks)) + "."
 
 
+# The grounding style: every object as a short list of attributes in an order the request names.
+# Each attribute is then predicted right after the token that identifies its object ("circle" ->
+# "red"), the one-step lookup into the image tokens that question answering builds on (see
+# docs/embedded-model.md, "Binding").
+LISTING_REQUESTS = (
+    ("List the objects: shape, then colour.", ("shape", "colour")),
+    ("List the objects: colour, then shape.", ("colour", "shape")),
+)
+
+
+def object_listing(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
+    """(request, answer): "circle red, star blue." in a random object order."""
+    request, keys = LISTING_REQUESTS[int(rng.integers(len(LISTING_REQUESTS)))]
+    order = rng.permutation(len(scene.objects))
+    items = [" ".join(getattr(scene.objects[i], k) for k in keys) for i in order]
+    return request, ", ".join(items) + "."
+
+
 def detailed_description(scene: Scene, rng: np.random.Generator) -> str:
     """A paragraph: overview, one sentence per object, then a summary of counts."""
     objects = list(scene.objects)

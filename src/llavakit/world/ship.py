@@ -48,12 +48,14 @@ def example_questions(scene: Scene) -> list[dict[str, str]]:
     """Short questions whose answers the scene's annotations give, in the benchmark's format.
 
     They cover what the shipped model does reliably (its card has the numbers): how many objects
-    an image holds, and the colour of a lone object. Questions about one of several objects are
-    left out, since the model does not yet bind attributes to objects.
+    an image holds, and the colour and shape of a lone object. Questions about one of several
+    objects are left out: the model binds attributes to objects only in part.
     """
     questions = [("How many objects are there in the image?", str(len(scene.objects)))]
     if len(scene.objects) == 1:
-        questions.append((f"What colour is the {scene.objects[0].shape}?", scene.objects[0].colour))
+        only = scene.objects[0]
+        questions += [(f"What colour is the {only.shape}?", only.colour),
+                      (f"What shape is the {only.colour} object?", only.shape)]
     return [{"question": q + SHORT_SUFFIX, "answer": a} for q, a in questions]
 
 
