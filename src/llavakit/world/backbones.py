@@ -82,8 +82,8 @@ BUDGETS: dict[str, Budget] = {
         language=LMPretrainConfig(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
                                   block_size=256, batch_size=8, steps=1500, lr=2e-3, warmup_steps=50,
                                   eval_images=300),
-        # Stage 2 runs 2 800 steps (75 % of an epoch): binding an attribute to one of several
-        # objects only starts after ~1 500 steps. Micro-batches of 8 samples of similar length
+        # Stage 2 runs 2 800 steps (75 % of an epoch): the lookup of the asked object sharpened
+        # between 1 200 and 2 400 steps (docs/embedded-model.md, "Binding"). Micro-batches of 8 samples of similar length
         # (the same gradient as one batch of 32) cut the padding, which paid for the extra steps.
         stage1=("train.max_steps=150", "train.lr=2e-3"),
         stage2=("train.max_steps=2800", "train.lr=1e-3", "train.micro_batch_size=8",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from llavakit.world.scenes import COLOURS, MAX_OBJECTS, POSITIONS, SHAPES
+
 
 def _row(name: str, scores: dict[str, Any]) -> str:
     short = scores.get("short", {})
@@ -14,16 +16,18 @@ def _row(name: str, scores: dict[str, Any]) -> str:
             f"{pope.get('adversarial', {}).get('f1', 0):.1f} |")
 
 
-# Chance on the benchmark's categories: 6 colours, 5 shapes, counts 1-5, 9 positions, 4 options.
-CHANCE = {"colour": 16.7, "shape": 20.0, "count": 20.0, "position": 11.1, "multiple choice": 25.0}
+# Chance on the benchmark's categories, from the world's vocabularies (counts are 1-5; multiple
+# choice has four options).
+CHANCE = {"colour": 100 / len(COLOURS), "shape": 100 / len(SHAPES), "count": 100 / MAX_OBJECTS,
+          "position": 100 / len(POSITIONS), "multiple choice": 100 / 4}
 RELIABLE = 80.0
 
 
 def _limits(final: dict[str, Any]) -> list[str]:
     """The card's limitations, from the scores: what is reliable, what is not, what is at chance."""
     scores = {**final.get("short", {}), "multiple choice": final.get("mc_accuracy", 0.0)}
-    weak = [f"{name} {value:.1f} % (chance {CHANCE[name]:g} %)" for name, value in scores.items()
-            if value < RELIABLE and name in CHANCE]
+    weak = [f"{name} {value:.1f} % (chance {CHANCE[name]:.1f} %)" for name, value in scores.items()
+            if value < RELIABLE]
     strong = [f"{name} {value:.1f} %" for name, value in scores.items() if value >= RELIABLE]
     lines = [
         f"- **Reliable** (≥ {RELIABLE:g} %): {', '.join(strong) or 'nothing'}. **Not reliable**: "
