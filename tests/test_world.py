@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from llavakit.conversation import IMAGE_PLACEHOLDER, from_llava_conversations, get_template
 from llavakit.tokenize import IGNORE_INDEX, encode
-from llavakit.world.dataset import load_scenes, read_bench, write_world
+from llavakit.world.dataset import STYLE_SHARE, load_scenes, read_bench, write_world
 from llavakit.world.language import plural, where
 from llavakit.world.questions import MC_SUFFIX, SHORT_SUFFIX
 from llavakit.world.scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, WorldObject
@@ -85,6 +86,13 @@ def test_files_are_valid_llava_json(world) -> None:
     assert len({r["id"] for r in instruct}) == len(instruct)
     styles = {r["id"].rsplit("-", 1)[1] for r in instruct}
     assert styles == {"conv", "detail", "reason", "short", "mc", "yesno", "list"}
+    # Every image has the short-answer, presence and listing records; the long-answer styles
+    # and multiple choice only a share of them (STYLE_SHARE).
+    per_style = Counter(r["id"].rsplit("-", 1)[1] for r in instruct)
+    assert per_style["short"] == per_style["yesno"] == per_style["list"] == 120
+    for style, share in STYLE_SHARE.items():
+        expected = 120 * share * (0.5 if style in ("detail", "reason") else 1.0)
+        assert abs(per_style[style] - expected) < 4 * expected ** 0.5 + 2, (style, per_style[style], expected)
     for r in instruct:
         questions = [t["value"] for t in r["conversations"][::2]]
         answers = [t["value"] for t in r["conversations"][1::2]]
