@@ -29,6 +29,9 @@ def test_scores_and_recipe_are_recorded_with_the_weights() -> None:
     assert {"short", "short_accuracy", "mc_accuracy", "pope_f1"} <= set(final)
     card = (SHIPPED / "README.md").read_text()
     assert f"{final['short_accuracy']:.1f}" in card and "What it cannot do" in card
+    # The recipe's whole time is the card's last timing row, and it is within the 20 minutes.
+    assert f"| **total** | **{record['timings_s']['total']:.0f}** |" in card
+    assert record["timings_s"]["total"] <= 20 * 60
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,9 @@ def model_card(summary: dict[str, Any]) -> str:
         "| step | seconds |",
         "| --- | ---: |",
     ]
-    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
+    steps = [(name, seconds) for name, seconds in timings.items() if name != "total"]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in steps]
+    lines.append(f"| **total** | **{timings.get('total', sum(s for _, s in steps)):.0f}** |")
     lines += [
         "",
         f"Measured on {machine.get('platform', '?')} with torch {machine.get('torch', '?')}, "
@@ -95,7 +97,8 @@ def model_card(summary: dict[str, Any]) -> str:
         _row("stage 1 only", baseline),
         "",
         f"Instruction tuning adds {gain:.1f} points on short answers. The bundled examples",
-        "(`examples/examples.json`) ask what it does reliably (80 % or more on the benchmark).",
+        "(`examples/examples.json`) ask what it does reliably: how many objects there are, and the",
+        "colour and shape of a lone object (docs/embedded-model.md has the scores by object count).",
         "",
         "## What it cannot do",
         "",
