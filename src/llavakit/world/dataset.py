@@ -144,12 +144,12 @@ def instruct_records(scene: Scene, rng: np.random.Generator, image: str, rid: st
     `STYLE_SHARE` of the images; those draws come last, so every kept record is the one world
     version 2 wrote, and the list record's draws come after the others', as in version 2.
     """
-    records = []
+    records: list[tuple[str, dict[str, Any]]] = []  # (style, record)
 
     def add(style: str, pairs: list[tuple[str, str]], image_first: bool = True) -> None:
         if pairs:
-            records.append({"id": f"{rid}-{style}", "image": image,
-                            "conversations": _turns(pairs, rng, image_first)})
+            records.append((style, {"id": f"{rid}-{style}", "image": image,
+                                    "conversations": _turns(pairs, rng, image_first)}))
 
     simple = list(SIMPLE.values())
     conv = _distinct([sample_question(simple, scene, rng) for _ in range(int(rng.integers(2, 5)))])
@@ -177,7 +177,7 @@ def instruct_records(scene: Scene, rng: np.random.Generator, image: str, rid: st
     add("yesno", [(qa.question + SHORT_SUFFIX, qa.short) for qa in yesno])
     add("list", [object_listing(scene, rng)])
     keep = rng.random(len(records))
-    return [r for r, u in zip(records, keep) if u < STYLE_SHARE.get(r["id"].rsplit("-", 1)[1], 1.0)]
+    return [record for (style, record), u in zip(records, keep) if u < STYLE_SHARE.get(style, 1.0)]
 
 
 def bench_questions(scene: Scene, rng: np.random.Generator, image: str, index: int) -> list[dict[str, Any]]:
