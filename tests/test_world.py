@@ -203,6 +203,32 @@ def test_tokenizer_gives_exact_labels(tokenizer, world, template: str) -> None:
         assert enc.input_ids.count(-200) == 36 and enc.input_ids[0] == tokenizer.bos_token_id
 
 
+def test_fact_documents_tell_each_attribute_word_apart(world) -> None:
+    """Pretraining text in which every colour, shape and size word has contexts of its own."""
+    from llavakit.world.dataset import WorldFiles
+    from llavakit.world.pretrain_lm import train_documents
+
+    world = WorldFiles(world)
+    plain = train_documents(world)
+    docs = train_documents(world, facts_documents=300)
+    assert [d.text for d in docs[: len(plain)]] == [d.text for d in plain]  # the world's text is unchanged
+    facts = [d.text for d in docs[len(plain):]]
+    assert len(facts) == 300 and all(not d.target_spans for d in docs[len(plain):])
+    assert facts == [d.text for d in train_documents(world, facts_documents=300)[len(plain):]]
+    sentences = [s.strip() for text in facts for s in text.replace("?", "?|").replace(".", ".|").split("|") if s.strip()]
+    contexts: dict[str, set[str]] = {}
+    for sentence in sentences:
+        words = sentence.lower().rstrip(".?").replace(",", "").replace(":", "").split()
+        for word in set(words) & {*COLOURS, *SHAPES, *SIZES}:
+            contexts.setdefault(word, set()).add(" ".join(w for w in words if w != word))
+    assert set(contexts) == {*COLOURS, *SHAPES, *SIZES}
+    for group in (list(COLOURS), list(SHAPES)):
+        for a in group:
+            for b in group:
+                if a != b:  # some sentence about `a` would be false about `b`
+                    assert contexts[a] - contexts[b], (a, b)
+
+
 # ---- backbones ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

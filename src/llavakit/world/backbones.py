@@ -83,7 +83,7 @@ BUDGETS: dict[str, Budget] = {
         # and the LM were cut from 300 and 1 500 steps so that the recipe fits twenty minutes.
         language=LMPretrainConfig(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
                                   block_size=256, batch_size=8, steps=1200, lr=2e-3, warmup_steps=50,
-                                  eval_images=300),
+                                  eval_images=300, facts_documents=30000),
         # Stage 2 is what the time goes to: the lookup of the asked object sharpens with steps
         # (docs/embedded-model.md, "Binding"). Micro-batches of 8 samples of similar length (the
         # same gradient as one batch of 32) pad 13 % instead of 38 %; wider ones are slower here.

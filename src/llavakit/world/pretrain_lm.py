@@ -36,6 +36,7 @@ from llavakit.world.dataset import (
     load_scenes,
     text_rng,
 )
+from llavakit.world.facts import fact_document
 from llavakit.world.language import caption, detailed_description
 from llavakit.world.pretrain_vision import PretrainResult, lr_at, param_groups
 from llavakit.world.questions import SHORT_SUFFIX, SIMPLE, ask_presence, sample_question
@@ -57,6 +58,7 @@ class LMPretrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 30
     reading_per_image: int = 1  # reading documents (questions answered from a description) per image
+    facts_documents: int = 0  # general-knowledge paragraphs about the attribute words (world.facts)
     eval_images: int = 300  # benchmark scenes whose documents measure held-out perplexity
 
     def model_config(self, vocab_size: int) -> LanguageConfig:
@@ -95,14 +97,17 @@ def reading_document(scene: Scene, rng: np.random.Generator) -> RenderedPrompt:
     return get_template("vicuna_v1").render(from_llava_conversations(turns), add_generation_prompt=False)
 
 
-def train_documents(world: WorldFiles, reading_per_image: int = 1) -> list[RenderedPrompt]:
-    """Captions as plain sentences, every instruction record as a chat, and reading documents."""
+def train_documents(world: WorldFiles, reading_per_image: int = 1, facts_documents: int = 0) -> list[RenderedPrompt]:
+    """Captions as plain sentences, every instruction record as a chat, reading documents and
+    general-knowledge paragraphs about the attribute words (`llavakit.world.facts`)."""
     captions = [RenderedPrompt(r["conversations"][1]["value"]) for r in json.loads(world.captions.read_text())]
     docs = captions + [chat_document(r) for r in json.loads(world.instruct.read_text())]
     seed = json.loads(world.meta.read_text())["seed"]
     for i, scene in enumerate(load_scenes(world.scenes("train"))):
         rng = np.random.default_rng([seed, TRAIN, i, 0, 2])
         docs += [reading_document(scene, rng) for _ in range(reading_per_image)]
+    facts_rng = np.random.default_rng([seed, TRAIN, 29])
+    docs += [RenderedPrompt(fact_document(facts_rng)) for _ in range(facts_documents)]
     return docs
 
 
@@ -230,7 +235,7 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
     world = WorldFiles(Path(world_dir))
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 23])
-    documents = train_documents(world, config.reading_per_image)
+    documents = train_documents(world, config.reading_per_image, config.facts_documents)
     documents = [documents[i] for i in rng.permutation(len(documents))]
     needed = config.steps * config.batch_size * config.block_size
     blocks, _ = pack(tokenizer, documents, config.block_size, max_tokens=int(needed * 1.1))
@@ -271,3 +276,4 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
                        heldout_answer_perplexity=perplexity(model, heldout, heldout_answers),
                        echo_accuracy=echo_accuracy(model, tokenizer, world))
     return PretrainResult(path, losses, metrics, time.time() - start)
+
