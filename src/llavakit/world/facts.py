@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from llavakit.world.questions import pick
+
 SHAPE_FACTS: dict[str, tuple[str, ...]] = {
     "circle": ("is round", "has no corners", "has one curved side", "is the shape of a wheel",
                "is the shape of a coin"),
@@ -41,34 +43,34 @@ SIZE_FACTS: dict[str, tuple[str, ...]] = {
 
 
 def _shape_fact(rng: np.random.Generator) -> str:
-    shape = list(SHAPE_FACTS)[int(rng.integers(len(SHAPE_FACTS)))]
-    fact = SHAPE_FACTS[shape][int(rng.integers(len(SHAPE_FACTS[shape])))]
+    shape = pick(rng, list(SHAPE_FACTS))
+    fact = pick(rng, SHAPE_FACTS[shape])
     forms = (f"A {shape} {fact}.", f"The shape that {fact} is the {shape}.",
              f"Which shape {fact}? The {shape}.", f"Every {shape} {fact}.")
-    return forms[int(rng.integers(len(forms)))]
+    return pick(rng, forms)
 
 
 def _colour_fact(rng: np.random.Generator) -> str:
     if rng.random() < 0.2:
-        a, b, mix = COLOUR_MIXES[int(rng.integers(len(COLOUR_MIXES)))]
+        a, b, mix = pick(rng, COLOUR_MIXES)
         a, b = (a, b) if rng.random() < 0.5 else (b, a)
         return f"Mixing {a} and {b} paints gives {mix}." if rng.random() < 0.5 else \
             f"What do {a} and {b} make? They make {mix}."
-    colour = list(COLOUR_FACTS)[int(rng.integers(len(COLOUR_FACTS)))]
-    thing = COLOUR_FACTS[colour][int(rng.integers(len(COLOUR_FACTS[colour])))]
+    colour = pick(rng, list(COLOUR_FACTS))
+    thing = pick(rng, COLOUR_FACTS[colour])
     verb = "is" if thing.startswith("the ") else "are"
     forms = (f"{thing[0].upper()}{thing[1:]} {verb} {colour}.", f"What colour {verb} {thing}? {colour.capitalize()}.",
              f"Something {colour}: {thing}.", f"The colour of {thing} is {colour}.")
-    return forms[int(rng.integers(len(forms)))]
+    return pick(rng, forms)
 
 
 def _size_fact(rng: np.random.Generator) -> str:
-    size = list(SIZE_FACTS)[int(rng.integers(len(SIZE_FACTS)))]
-    thing = SIZE_FACTS[size][int(rng.integers(len(SIZE_FACTS[size])))]
+    size = pick(rng, list(SIZE_FACTS))
+    thing = pick(rng, SIZE_FACTS[size])
     other = "small" if size == "large" else "large"
     forms = (f"{thing.capitalize()} is {size}.", f"{thing.capitalize()} is {size}, not {other}.",
              f"Is {thing} large or small? It is {size}.")
-    return forms[int(rng.integers(len(forms)))]
+    return pick(rng, forms)
 
 
 def fact_document(rng: np.random.Generator) -> str:

@@ -276,4 +276,3 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
                        heldout_answer_perplexity=perplexity(model, heldout, heldout_answers),
                        echo_accuracy=echo_accuracy(model, tokenizer, world))
     return PretrainResult(path, losses, metrics, time.time() - start)
-

@@ -41,12 +41,13 @@ class QA:
     negative_kind: str = ""  # presence questions with answer "No": "random" or "adversarial"
 
 
-def _pick(rng: np.random.Generator, items):
+def pick(rng: np.random.Generator, items):
+    """One of `items`, uniformly (one draw from `rng`)."""
     return items[int(rng.integers(len(items)))]
 
 
 def _pick_object(scene: Scene, rng: np.random.Generator) -> WorldObject:
-    return _pick(rng, scene.objects)
+    return pick(rng, scene.objects)
 
 
 def ask_colour(scene: Scene, rng: np.random.Generator) -> QA | None:
@@ -54,7 +55,7 @@ def ask_colour(scene: Scene, rng: np.random.Generator) -> QA | None:
     ref = refer(obj, scene, hide="colour", rng=rng)
     if ref is None:
         return None
-    q = _pick(rng, (f"What colour is {ref}?", f"What is the colour of {ref}?", f"Which colour does {ref} have?"))
+    q = pick(rng, (f"What colour is {ref}?", f"What is the colour of {ref}?", f"Which colour does {ref} have?"))
     return QA("colour", q, obj.colour, f"{capitalise(ref)} is {obj.colour}.", tuple(COLOURS))
 
 
@@ -63,7 +64,7 @@ def ask_shape(scene: Scene, rng: np.random.Generator) -> QA | None:
     ref = refer(obj, scene, hide="shape", rng=rng)
     if ref is None:
         return None
-    q = _pick(rng, (f"What shape is {ref}?", f"What kind of shape is {ref}?", f"Which shape is {ref}?"))
+    q = pick(rng, (f"What shape is {ref}?", f"What kind of shape is {ref}?", f"Which shape is {ref}?"))
     return QA("shape", q, obj.shape, f"{capitalise(ref)} is {article(obj.shape)}.", SHAPES)
 
 
@@ -72,7 +73,7 @@ def ask_size(scene: Scene, rng: np.random.Generator) -> QA | None:
     ref = refer(obj, scene, hide="size", rng=rng)
     if ref is None:
         return None
-    q = _pick(rng, (f"Is {ref} small or large?", f"What size is {ref}?", f"Is {ref} large or small?"))
+    q = pick(rng, (f"Is {ref} small or large?", f"What size is {ref}?", f"Is {ref} large or small?"))
     return QA("size", q, obj.size, f"{capitalise(ref)} is {obj.size}.", SIZES)
 
 
@@ -83,24 +84,24 @@ def ask_count(scene: Scene, rng: np.random.Generator, allow_zero: bool = True,
     `prefer_many` asks about the most frequent shape or colour, so answers above one are common
     (the benchmark wants counts spread over 1-5, not mostly ones).
     """
-    kind = kind or _pick(rng, ("all", "all", "shape", "colour", "both"))
+    kind = kind or pick(rng, ("all", "all", "shape", "colour", "both"))
     present = list(scene.objects)
     if kind == "all":
         noun, n = "object", len(present)
-        q = _pick(rng, ("How many objects are there in the image?", "How many objects are there?",
+        q = pick(rng, ("How many objects are there in the image?", "How many objects are there?",
                         "How many objects can you see?"))
     else:
         ref = _pick_object(scene, rng)
         if prefer_many:
             key = {"shape": lambda o: o.shape, "colour": lambda o: o.colour, "both": lambda o: (o.colour, o.shape)}[kind]
             counts = Counter(key(o) for o in present)
-            ref = _pick(rng, [o for o in present if counts[key(o)] == max(counts.values())])
+            ref = pick(rng, [o for o in present if counts[key(o)] == max(counts.values())])
         # Usually ask about something present; sometimes (when zero is allowed) about anything.
-        shape = ref.shape if not allow_zero or rng.random() < 0.7 else _pick(rng, SHAPES)
-        colour = ref.colour if not allow_zero or rng.random() < 0.7 else _pick(rng, tuple(COLOURS))
+        shape = ref.shape if not allow_zero or rng.random() < 0.7 else pick(rng, SHAPES)
+        colour = ref.colour if not allow_zero or rng.random() < 0.7 else pick(rng, tuple(COLOURS))
         noun = {"shape": shape, "colour": f"{colour} object", "both": f"{colour} {shape}"}[kind]
         n = sum((kind == "colour" or o.shape == shape) and (kind == "shape" or o.colour == colour) for o in present)
-        q = f"How many {plural(noun)} are there{_pick(rng, ('', ' in the image', ' in the picture'))}?"
+        q = f"How many {plural(noun)} are there{pick(rng, ('', ' in the image', ' in the picture'))}?"
     if n == 0 and not allow_zero:
         return None
     space = tuple(str(i) for i in range(0 if allow_zero else 1, MAX_OBJECTS + 1))
@@ -112,7 +113,7 @@ def ask_position(scene: Scene, rng: np.random.Generator) -> QA | None:
     ref = refer(obj, scene, hide="position", rng=rng)
     if ref is None:
         return None
-    q = _pick(rng, (f"Where is {ref}?", f"Where in the image is {ref}?", f"In which part of the image is {ref}?"))
+    q = pick(rng, (f"Where is {ref}?", f"Where in the image is {ref}?", f"In which part of the image is {ref}?"))
     return QA("position", q, obj.position, f"{capitalise(ref)} is {where(obj.position)} of the image.", POSITIONS)
 
 
@@ -135,7 +136,7 @@ def ask_presence(scene: Scene, rng: np.random.Generator, positive: bool | None =
         pool = shapes_here if positive else [s for s in SHAPES if s not in shapes_here]
         if not pool:
             return None
-        shape = _pick(rng, pool)
+        shape = pick(rng, pool)
         noun = shape
         matches = [o for o in scene.objects if o.shape == shape]
     else:
@@ -149,10 +150,10 @@ def ask_presence(scene: Scene, rng: np.random.Generator, positive: bool | None =
             if adversarial:
                 near = [(c, s) for c, s in absent if any(o.colour == c or o.shape == s for o in scene.objects)]
                 absent = near or absent
-            colour, shape = _pick(rng, absent)
+            colour, shape = pick(rng, absent)
         noun = f"{colour} {shape}"
         matches = [o for o in scene.objects if o.shape == shape and o.colour == colour]
-    q = _pick(rng, (f"Is there {article(noun)} in the image?", f"Is there {article(noun)} in the picture?",
+    q = pick(rng, (f"Is there {article(noun)} in the image?", f"Is there {article(noun)} in the picture?",
                     f"Can you see {article(noun)} in the image?"))
     if not matches:
         return QA("presence", q, "No", f"No, there is no {noun} in the image.", ("Yes", "No"), kind or "random")
@@ -171,7 +172,7 @@ _EDGES = {"left": ("col", min, "column", "further left"), "right": ("col", max, 
 
 
 def reason_edge(scene: Scene, rng: np.random.Generator) -> QA | None:
-    edge = _pick(rng, tuple(_EDGES))
+    edge = pick(rng, tuple(_EDGES))
     axis, extreme, line, beyond = _EDGES[edge]
     best = extreme(getattr(o, axis) for o in scene.objects)
     closest = [o for o in scene.objects if getattr(o, axis) == best]
@@ -188,7 +189,7 @@ def reason_edge(scene: Scene, rng: np.random.Generator) -> QA | None:
 
 def reason_compare(scene: Scene, rng: np.random.Generator) -> QA | None:
     a = _pick_object(scene, rng).shape
-    b = _pick(rng, [s for s in SHAPES if s != a])
+    b = pick(rng, [s for s in SHAPES if s != a])
     counts = Counter(o.shape for o in scene.objects)
     na, nb = counts[a], counts[b]
     q = f"Are there more {plural(a)} than {plural(b)} in the image?"
@@ -251,7 +252,7 @@ def reason_relative(scene: Scene, rng: np.random.Generator) -> QA | None:
 def reason_same(scene: Scene, rng: np.random.Generator) -> QA | None:
     if len(scene.objects) < 2:
         return None
-    attr = _pick(rng, ("colour", "shape"))
+    attr = pick(rng, ("colour", "shape"))
     i, j = rng.choice(len(scene.objects), size=2, replace=False).tolist()
     a, b = scene.objects[i], scene.objects[j]
     ra, rb = refer(a, scene, hide=attr, rng=rng), refer(b, scene, hide=attr, rng=rng)
@@ -279,7 +280,7 @@ def sample_question(makers, scene: Scene, rng: np.random.Generator, tries: int =
     """A question from a randomly chosen maker, retrying makers that do not fit the scene."""
     makers = list(makers)
     for _ in range(tries):
-        qa = _pick(rng, makers)(scene, rng)
+        qa = pick(rng, makers)(scene, rng)
         if qa is not None:
             return qa
     return None
