@@ -148,3 +148,24 @@ def test_length_grouping_keeps_modalities_apart_and_pads_little(tmp_path, images
     assert np.corrcoef(real, lengths)[0, 1] > 0.95
     assert plan_epoch(len(ds), 8, 0, 1) != plain  # a new order every epoch, from (seed, epoch) alone
     assert plan_epoch(len(ds), 8, 0, 0) == plain
+
+
+def test_length_groups_larger_than_a_batch_pad_small_batches_less():
+    rng = np.random.default_rng(3)
+    n = 2000
+    lengths, n_images = rng.integers(20, 300, size=n), (rng.random(n) < 0.8).astype(int)
+    one = plan_epoch(n, 8, 0, 0, lengths=lengths, num_images=n_images, group_by_modality_length=True)
+    # One global batch per group is the plain grouping, record for record.
+    assert plan_epoch(n, 8, 0, 0, lengths=lengths, num_images=n_images, group_by_modality_length=True,
+                      length_group_size=8) == one
+    wide = plan_epoch(n, 8, 0, 0, lengths=lengths, num_images=n_images, group_by_modality_length=True,
+                      length_group_size=256)
+    assert sorted(i for b in wide for i in b) == list(range(n)) and all(len(b) <= 8 for b in wide)
+    assert [len({bool(n_images[i]) for i in b}) for b in wide[:-1]].count(2) == 0
+    assert padding_fraction(wide, lengths) < 0.1 < 0.3 < padding_fraction(one, lengths)
+    # Short and long global batches alternate at random, not in the order they were cut.
+    firsts = [int(lengths[b[0]]) for b in wide[:40]]
+    assert firsts != sorted(firsts, reverse=True)
+    with pytest.raises(ValueError, match="multiple of the global batch"):
+        plan_epoch(n, 8, 0, 0, lengths=lengths, num_images=n_images, group_by_modality_length=True,
+                   length_group_size=12)

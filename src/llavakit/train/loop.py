@@ -58,7 +58,8 @@ class _Plan:
             self._epoch = (epoch, sampler.plan_epoch(
                 len(self.dataset), self.recipe.train.global_batch_size, self.recipe.train.seed, epoch,
                 lengths=index.lengths, num_images=index.num_images,
-                group_by_modality_length=self.recipe.data.group_by_modality_length))
+                group_by_modality_length=self.recipe.data.group_by_modality_length,
+                length_group_size=self.recipe.data.length_group_size))
         return self._epoch[1][position]
 
     def __iter__(self):

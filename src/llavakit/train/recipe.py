@@ -45,6 +45,9 @@ class DataSpec:
     max_length: int = 2048
     overlong: str = "truncate"  # "truncate" (when no image slot is cut) | "skip"
     group_by_modality_length: bool = False
+    # Records sorted by length together when grouping (a multiple of the global batch; null:
+    # one global batch), the original LLaVA sampler's "megabatch".
+    length_group_size: int | None = None
     length_estimate: str = "tokens"  # "tokens" (tokenize once) | "words" (the original's estimate)
     num_workers: int = 2
     num_records: int | None = None  # used by --dry-run when the data file is not at hand
@@ -143,6 +146,10 @@ class Recipe:
             raise RecipeError("set model.init (a LLaVA checkpoint) or both model.language_model and model.vision_tower")
         if t.global_batch_size < 1 or t.micro_batch_size < 1:
             raise RecipeError("train.global_batch_size and train.micro_batch_size must be positive")
+        group = self.data.length_group_size
+        if group is not None and (group < 1 or group % t.global_batch_size):
+            raise RecipeError(f"data.length_group_size {group} must be a positive multiple of "
+                              f"train.global_batch_size {t.global_batch_size} (or null for one global batch)")
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps so that micro * accumulation * world == global batch."""

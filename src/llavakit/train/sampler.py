@@ -24,19 +24,30 @@ def steps_per_epoch(num_records: int, global_batch: int) -> int:
 
 def plan_epoch(num_records: int, global_batch: int, seed: int, epoch: int, *,
                lengths: np.ndarray | None = None, num_images: np.ndarray | None = None,
-               group_by_modality_length: bool = False) -> list[list[int]]:
-    """Global batches of record indices for one epoch (the last one may be short)."""
+               group_by_modality_length: bool = False, length_group_size: int | None = None) -> list[list[int]]:
+    """Global batches of record indices for one epoch (the last one may be short).
+
+    With grouping, `length_group_size` records (a multiple of the global batch; default one
+    global batch) are sorted by length together and cut into global batches, so that small
+    global batches can also pad little.
+    """
     rng = np.random.default_rng([seed, epoch])
     if not group_by_modality_length:
         order = rng.permutation(num_records)
         return [order[i:i + global_batch].tolist() for i in range(0, num_records, global_batch)]
     if lengths is None or num_images is None:
         raise ValueError("grouping by modality and length needs the records' lengths and image counts")
+    group = length_group_size or global_batch
+    if group % global_batch:
+        raise ValueError(f"length_group_size {group} is not a multiple of the global batch {global_batch}")
     groups, leftovers = [], []
     for pool in (np.flatnonzero(num_images > 0), np.flatnonzero(num_images == 0)):
         pool = pool[rng.permutation(len(pool))]
         full = len(pool) // global_batch * global_batch
-        groups += [pool[i:i + global_batch] for i in range(0, full, global_batch)]
+        for i in range(0, full, group):
+            chunk = pool[i:min(i + group, full)]
+            chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+            groups += [chunk[j:j + global_batch] for j in range(0, len(chunk), global_batch)]
         leftovers.append(pool[full:])
     groups = [groups[i] for i in rng.permutation(len(groups))]
     rest = np.concatenate(leftovers)  # the two modalities' remainders, mixed, at the very end
