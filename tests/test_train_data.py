@@ -166,6 +166,7 @@ def test_length_groups_larger_than_a_batch_pad_small_batches_less():
     # Short and long global batches alternate at random, not in the order they were cut.
     firsts = [int(lengths[b[0]]) for b in wide[:40]]
     assert firsts != sorted(firsts, reverse=True)
-    with pytest.raises(ValueError, match="multiple of the global batch"):
-        plan_epoch(n, 8, 0, 0, lengths=lengths, num_images=n_images, group_by_modality_length=True,
-                   length_group_size=12)
+    for bad in (12, 0):
+        with pytest.raises(ValueError, match="not a positive multiple of the global batch"):
+            plan_epoch(n, 8, 0, 0, lengths=lengths, num_images=n_images, group_by_modality_length=True,
+                       length_group_size=bad)

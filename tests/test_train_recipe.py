@@ -51,6 +51,8 @@ def test_overrides_coerce_types_and_reject_unknown_keys(tmp_path):
     assert load_recipe("llava-v1.5-7b-lora", ["data.length_group_size=1024"]).data.length_group_size == 1024
     with pytest.raises(RecipeError, match="data.length_group_size 100 must be a positive multiple"):
         load_recipe("llava-v1.5-7b-lora", ["data.length_group_size=100"])
+    with pytest.raises(RecipeError, match="only applies when data.group_by_modality_length is true"):
+        load_recipe("llava-v1.5-7b-lora", ["data.length_group_size=1024", "data.group_by_modality_length=false"])
     child = tmp_path / "mine.yaml"
     child.write_text("base: llava-v1.5-7b-pretrain\nname: mine\ntrain:\n  lr: 5.0e-4\n")
     mine = load_recipe(child)

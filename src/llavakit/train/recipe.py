@@ -150,6 +150,9 @@ class Recipe:
         if group is not None and (group < 1 or group % t.global_batch_size):
             raise RecipeError(f"data.length_group_size {group} must be a positive multiple of "
                               f"train.global_batch_size {t.global_batch_size} (or null for one global batch)")
+        if group is not None and not self.data.group_by_modality_length:
+            raise RecipeError("data.length_group_size only applies when data.group_by_modality_length is true; "
+                              "set that too, or leave data.length_group_size null")
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps so that micro * accumulation * world == global batch."""

@@ -37,9 +37,9 @@ def plan_epoch(num_records: int, global_batch: int, seed: int, epoch: int, *,
         return [order[i:i + global_batch].tolist() for i in range(0, num_records, global_batch)]
     if lengths is None or num_images is None:
         raise ValueError("grouping by modality and length needs the records' lengths and image counts")
-    group = length_group_size or global_batch
-    if group % global_batch:
-        raise ValueError(f"length_group_size {group} is not a multiple of the global batch {global_batch}")
+    group = global_batch if length_group_size is None else length_group_size
+    if group < 1 or group % global_batch:
+        raise ValueError(f"length_group_size {group} is not a positive multiple of the global batch {global_batch}")
     groups, leftovers = [], []
     for pool in (np.flatnonzero(num_images > 0), np.flatnonzero(num_images == 0)):
         pool = pool[rng.permutation(len(pool))]
