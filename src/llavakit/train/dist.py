@@ -175,9 +175,35 @@ def load_sharded(directory: str, root: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def full_state(root: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer, unsharded, on the CPU (in full on rank 0 under FSDP)."""
+    """Every parameter and buffer, unsharded, on the CPU (on rank 0; other ranks get {}).
+
+    Under FSDP each shard is gathered with one plain, synchronous all_gather per tensor.
+    torch.distributed.checkpoint's full-state gather (DTensor redistribute on functional
+    collectives, with cpu_offload) corrupted the heap on gloo now and then in CI ("malloc():
+    unaligned tcache chunk detected"), so it is not used for this.
+    """
     if ctx.strategy != "fsdp":
         return {k: v.detach().cpu() for k, v in root.state_dict().items()} if ctx.is_main else {}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    full = {k: _unshard(v) for k, v in root.state_dict().items()}
+    return full if ctx.is_main else {}
 
-    return get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+@torch.no_grad()
+def _unshard(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 shard (Shard(0): torch.chunk pieces, the last ones shorter)."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(tensor, DTensor):
+        return tensor.detach().cpu()
+    if tuple(tensor.placements) != (Shard(0),):
+        raise RuntimeError(f"cannot gather a parameter placed as {tensor.placements}; expected Shard(0)")
+    group = tensor.device_mesh.get_group()
+    world = dist.get_world_size(group)
+    local = tensor.to_local().detach()
+    rows = tensor.shape[0]
+    chunk = -(-rows // world)
+    padded = torch.zeros((chunk, *tensor.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]].copy_(local)
+    pieces = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(pieces, padded, group=group)
+    return torch.cat(pieces)[:rows].cpu()
