@@ -177,24 +177,25 @@ def load_sharded(directory: str, root: nn.Module, optimizer: torch.optim.Optimiz
 def full_state(root: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
     """Every parameter and buffer, unsharded, on the CPU (on rank 0; other ranks get {}).
 
-    Under FSDP each shard is gathered with one plain, synchronous all_gather per tensor.
-    torch.distributed.checkpoint's full-state gather (DTensor redistribute on functional
-    collectives, with cpu_offload) corrupted the heap on gloo now and then in CI ("malloc():
-    unaligned tcache chunk detected"), so it is not used for this.
+    Under FSDP each shard is sent to rank 0 with one plain, synchronous gather per tensor, so
+    only rank 0 ever holds the whole model. torch.distributed.checkpoint's full-state gather
+    (DTensor redistribute on functional collectives, with cpu_offload) corrupted the heap on
+    gloo now and then in CI ("malloc(): unaligned tcache chunk detected"), so it is not used.
     """
     if ctx.strategy != "fsdp":
         return {k: v.detach().cpu() for k, v in root.state_dict().items()} if ctx.is_main else {}
-    full = {k: _unshard(v) for k, v in root.state_dict().items()}
+    full = {k: _unshard(v, ctx.is_main) for k, v in root.state_dict().items()}
     return full if ctx.is_main else {}
 
 
 @torch.no_grad()
-def _unshard(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of an FSDP2 shard (Shard(0): torch.chunk pieces, the last ones shorter)."""
+def _unshard(tensor: torch.Tensor, is_main: bool) -> torch.Tensor | None:
+    """On rank 0, the whole tensor of an FSDP2 shard (Shard(0): torch.chunk pieces, the last
+    ones shorter); None elsewhere."""
     from torch.distributed.tensor import DTensor, Shard
 
     if not isinstance(tensor, DTensor):
-        return tensor.detach().cpu()
+        return tensor.detach().cpu() if is_main else None
     if tuple(tensor.placements) != (Shard(0),):
         raise RuntimeError(f"cannot gather a parameter placed as {tensor.placements}; expected Shard(0)")
     group = tensor.device_mesh.get_group()
@@ -204,6 +205,6 @@ def _unshard(tensor: torch.Tensor) -> torch.Tensor:
     chunk = -(-rows // world)
     padded = torch.zeros((chunk, *tensor.shape[1:]), dtype=local.dtype, device=local.device)
     padded[: local.shape[0]].copy_(local)
-    pieces = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(pieces, padded, group=group)
-    return torch.cat(pieces)[:rows].cpu()
+    pieces = [torch.empty_like(padded) for _ in range(world)] if is_main else None
+    dist.gather(padded, pieces, dst=dist.get_global_rank(group, 0), group=group)
+    return torch.cat(pieces)[:rows].cpu() if is_main else None
