@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from test_train_fixtures import caption_records, chat_records, tiny_recipe, write_images, write_json
 
 from llavakit.api import image_processor_for, load_tokenizer
@@ -170,3 +171,34 @@ def test_length_groups_larger_than_a_batch_pad_small_batches_less():
         with pytest.raises(ValueError, match="not a positive multiple of the global batch"):
             plan_epoch(n, 8, 0, 0, lengths=lengths, num_images=n_images, group_by_modality_length=True,
                        length_group_size=bad)
+
+
+def test_a_shared_system_prompt_runs_once_with_the_same_loss_and_gradients(tmp_path, images, tiny_checkpoint):
+    from llavakit.api import load
+    from llavakit.train.data import Collator
+    from llavakit.train.step import shared_prefix_length
+
+    folder, names = images
+    ds = _dataset(tiny_checkpoint, write_json(tmp_path / "d.json", chat_records(names[:6], 2)), folder)
+    batch = Collator(0)([ds[i] for i in range(len(ds))]).batch
+    system_tokens = len(load_tokenizer(tiny_checkpoint)(get_template("vicuna_v1").system + " USER:").input_ids)
+    shared = shared_prefix_length(batch.input_ids, batch.labels, batch.attention_mask, ds.config.image_token_id)
+    assert system_tokens - 2 <= shared < int(batch.attention_mask.sum(1).min())
+    model = load(tiny_checkpoint, dtype=torch.float32, device="cpu").model.train()
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        loss = LossModule(model, tower_trainable=False, features_cached=False, share_prefix=share)(
+            batch.input_ids, batch.attention_mask, batch.labels, batch.pixel_values)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (shared_loss, shared_grads) = results
+    torch.testing.assert_close(shared_loss, plain, rtol=1e-5, atol=1e-5)
+    assert plain_grads.keys() == shared_grads.keys() and len(plain_grads) > 10
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # nothing to share: one row, or rows that differ from their first token
+    assert shared_prefix_length(batch.input_ids[:1], batch.labels[:1], batch.attention_mask[:1], -200) == 0
+    other = batch.input_ids.clone()
+    other[1, 1] += 1
+    assert shared_prefix_length(other, batch.labels, batch.attention_mask, -200) == 0

@@ -129,7 +129,11 @@ class Trainer:
             model.language_model.gradient_checkpointing = True
             model.vision_tower.gradient_checkpointing = "vision_tower" in r.train.trainable
         self.model = model
-        self.root = LossModule(model, tower_trainable="vision_tower" in r.train.trainable, features_cached=cached)
+        # A shared system prompt runs once per micro-batch (exact; LossModule). Not under FSDP or
+        # gradient checkpointing, which expect one call of each layer per forward.
+        share_prefix = ctx.strategy != "fsdp" and not r.train.gradient_checkpointing
+        self.root = LossModule(model, tower_trainable="vision_tower" in r.train.trainable, features_cached=cached,
+                               share_prefix=share_prefix)
         if ctx.strategy == "fsdp":
             shard_fsdp(self.root, model, torch.bfloat16 if self.bf16 else None)
         self.root.to(ctx.device)
