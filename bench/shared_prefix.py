@@ -2,9 +2,8 @@
 
 Run: python bench/shared_prefix.py [--steps 40] [--threads 2]
 
-The embedded model's stage 2 (llavakit.world): the `full` budget's shapes (CLIP-style tower,
-96 px, 32 px patches, width 128, 4 layers; Llama-style LM, width 128, 4 layers, MLP 384) with
-random weights, vicuna_v1 prompts of the world's instruction records, global batches of 32
+The embedded model's stage 2 (llavakit.world): the `full` budget's tower and LM shapes
+(`llavakit.world.backbones.BUDGETS`) with random weights, vicuna_v1 prompts of the world's instruction records, global batches of 32
 sorted by length and cut into micro-batches of 8, as the recipe trains. Each step runs the same
 batch through `LossModule` with `share_prefix` off and on, in alternating order, both from the same
 weights (no update is applied), so only the step time differs. The frozen tower's features are
@@ -21,17 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from llavakit.api import image_processor_for
-from llavakit.config import LanguageConfig, LlavaConfig, ProjectorConfig, VisionConfig
+from llavakit.config import LlavaConfig, ProjectorConfig
 from llavakit.conversation import get_template
 from llavakit.model import LlavaModel
 from llavakit.train.data import Collator, LlavaDataset
 from llavakit.train.sampler import plan_epoch, split_global_batch
 from llavakit.train.step import LossModule, shared_prefix_length
 from llavakit.world import train_world_tokenizer, write_world
+from llavakit.world.backbones import BUDGETS
 
 
 def main() -> None:
@@ -45,18 +44,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         world = write_world(Path(tmp) / "world", seed=0, n_train_images=400, n_bench_images=4, progress=False)
         tokenizer = train_world_tokenizer(world.root, Path(tmp) / "tokenizer")
-        config = LlavaConfig(
-            vision=VisionConfig(image_size=96, patch_size=32, hidden_size=128, intermediate_size=512, num_layers=4,
-                                num_heads=4, hidden_act="quick_gelu"),
-            projector=ProjectorConfig("mlp2x_gelu"),
-            language=LanguageConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_layers=4,
-                                    num_heads=4, num_kv_heads=4, bos_token_id=1, eos_token_id=2, pad_token_id=3),
-            template="vicuna_v1")
+        budget = BUDGETS["full"]
+        config = LlavaConfig(vision=budget.vision.tower_config(), projector=ProjectorConfig("mlp2x_gelu"),
+                             language=budget.language.model_config(len(tokenizer)), template="vicuna_v1")
         dataset = LlavaDataset(world.instruct, config=config, template=get_template("vicuna_v1"), tokenizer=tokenizer,
                                image_processor=image_processor_for(config), image_folder=world.image_folder)
         plan = plan_epoch(len(dataset), 32, 0, 0, lengths=dataset.index.lengths, num_images=dataset.index.num_images,
                           group_by_modality_length=True)
-        collate = Collator(3)
+        collate = Collator(config.language.pad_token_id)
         model = LlavaModel(config).train()
         trainable = [p for n, p in model.named_parameters() if not n.startswith("vision_tower")]
         for p in model.vision_tower.parameters():
@@ -101,5 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

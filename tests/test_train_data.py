@@ -198,7 +198,8 @@ def test_a_shared_system_prompt_runs_once_with_the_same_loss_and_gradients(tmp_p
     for name, grad in plain_grads.items():
         torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     # nothing to share: one row, or rows that differ from their first token
-    assert shared_prefix_length(batch.input_ids[:1], batch.labels[:1], batch.attention_mask[:1], -200) == 0
+    image_token = ds.config.image_token_id
+    assert shared_prefix_length(batch.input_ids[:1], batch.labels[:1], batch.attention_mask[:1], image_token) == 0
     other = batch.input_ids.clone()
     other[1, 1] += 1
-    assert shared_prefix_length(other, batch.labels, batch.attention_mask, -200) == 0
+    assert shared_prefix_length(other, batch.labels, batch.attention_mask, image_token) == 0
