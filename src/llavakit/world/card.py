@@ -37,9 +37,9 @@ def _limits(final: dict[str, Any]) -> list[str]:
         "  another object in the image. The targets set for it (90 % colour and shape, 85 % POPE F1)",
         "  are not all met; docs/embedded-model.md has the experiments.",
         "- Those half-learnt scores are not portable: the recipe is bit-for-bit reproducible on one",
-        "  machine, but another CPU rounds differently and moves them by tens of points (a rerun on",
-        "  an AMD EPYC machine gave colour 56.2, shape 59.2 with the same seed; docs/embedded-model.md,",
-        "  \"Reproducibility\"). Count and a lone object's colour and shape reproduce.",
+        "  machine, but another CPU rounds differently and can move them by tens of points with the",
+        "  same seed (docs/embedded-model.md, \"Reproducibility\", has such a rerun). Count and a lone",
+        "  object's colour and shape reproduce.",
     ]
     return lines
 
