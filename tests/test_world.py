@@ -229,6 +229,37 @@ def test_fact_documents_tell_each_attribute_word_apart(world) -> None:
                     assert contexts[a] - contexts[b], (a, b)
 
 
+def test_shape_first_listing_puts_each_colour_right_after_its_shape() -> None:
+    from llavakit.world.language import shape_first_listing
+
+    scene = Scene((WorldObject("circle", "red", "small", 1, 0, (0.0, 0.33, 0.3, 0.66)),
+                   WorldObject("star", "yellow", "large", 2, 2, (0.66, 0.66, 1.0, 1.0))))
+    text = shape_first_listing(scene, np.random.default_rng(0))
+    assert text.startswith("The objects, shape first: ") and text.endswith(".")
+    items = sorted(text.removeprefix("The objects, shape first: ").rstrip(".").split("; "))
+    assert items == ["circle red small on the left", "star yellow large at the bottom right"]
+
+
+def test_reading_documents_and_the_instruction_share(world) -> None:
+    from llavakit.world.dataset import WorldFiles
+    from llavakit.world.pretrain_lm import train_documents
+
+    world = WorldFiles(world)
+    n_records = len(json.loads(world.instruct.read_text()))
+    n_captions = len(json.loads(world.captions.read_text()))
+    n_scenes = len(load_scenes(world.scenes("train")))
+    dense = train_documents(world, reading_per_image=3, reading_short_share=0.8, instruct_share=0.2)
+    n_instruct = len(dense) - n_captions - 3 * n_scenes
+    assert 0.1 * n_records < n_instruct < 0.3 * n_records
+    assert [d.text for d in dense] == [d.text for d in train_documents(world, 3, 0, 0.8, 0.2)]
+    reading = dense[-3 * n_scenes:]
+    assert any("The objects, shape first: " in d.text for d in reading)
+    # Every reading document answers from its own first turn; most answers are the short form.
+    answers = [a for d in reading for a in d.target_texts()]
+    short = sum(len(a.rstrip("</s>").split()) <= 2 for a in answers) / len(answers)
+    assert 0.65 < short < 0.95, short
+
+
 # ---- backbones ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,19 @@ def test_reduced_recipe_runs_end_to_end_and_is_scored(reduced_run) -> None:
     summary = json.loads((out / "tiny_world.json").read_text())
     assert summary["recipe"]["budget"] == "small" and summary["recipe"]["seed"] == 0
     assert set(summary["timings_s"]) >= {"backbones", "stage1", "stage2", "eval_final", "eval_stage1_only", "total"}
-    # Both stages learn: the loss falls (the reduced model does not yet beat chance on the
-    # benchmark; see docs/embedded-model.md).
-    for stage, factor in (("stage1", 0.95), ("stage2", 0.8)):
+    for stage, factor in (("stage1", 0.97), ("stage2", 0.8)):
         losses = _losses(out / stage / "log.jsonl")
         assert sum(losses[-3:]) / 3 < factor * sum(losses[:3]) / 3, (stage, losses)
-    final = summary["scores"]["final"]
+    # The reduced recipe starts from the shipped tower and LM, like LLaVA from CLIP and Vicuna.
+    report = json.loads((out / "backbones" / "backbones.json").read_text())
+    assert report["shipped_backbones"]["budget"] == "full"
+    final, stage1_only = summary["scores"]["final"], summary["scores"]["stage1_only"]
     assert set(final["short"]) == {"colour", "shape", "count", "position"} and final["count"] == 700
+    # Instruction tuning makes it answer from the image: at least twice chance (1/6 colours, five
+    # counts) where stage 1 alone is at chance, measured on 100 held-out images (±5 points).
+    assert final["short"]["colour"] >= 2 * 100 / 6 and final["short"]["count"] >= 2 * 100 / 5, final["short"]
+    assert stage1_only["short"]["colour"] < 25 and stage1_only["short"]["count"] < 30, stage1_only["short"]
+    assert final["short_accuracy"] >= stage1_only["short_accuracy"] + 12, (final, stage1_only)
     # The scores are the `llavakit eval` benchmark's, stored where `llavakit eval` stores them.
     stored = json.loads((out / "eval" / "final" / "tiny-world" / "bench" / "scores.json").read_text())
     assert stored["scores"]["short_accuracy"] == final["short_accuracy"]
@@ -64,3 +70,12 @@ def test_world_recipe_errors(tmp_path, capsys) -> None:
     assert "budget 'huge' is not one of" in capsys.readouterr().err
     assert main(["train", "tiny-world", "epochs=3", f"output={tmp_path}"]) == 1
     assert "unknown field(s) epochs" in capsys.readouterr().err
+
+
+def test_the_reduced_recipe_says_when_the_package_has_no_backbones(tmp_path, monkeypatch, capsys) -> None:
+    import llavakit.world.ship as ship
+
+    monkeypatch.setattr(ship, "package_model_dir", lambda: tmp_path / "no-model-here")
+    assert main(["train", "tiny-world", "budget=small", f"output={tmp_path / 'run'}", "progress=false"]) == 1
+    err = capsys.readouterr().err
+    assert "no shipped backbones" in err and "budget=full" in err and "Traceback" not in err

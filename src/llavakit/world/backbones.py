@@ -9,13 +9,15 @@
     out_dir/backbones.json   budget, timings and measurements (retrieval accuracy, perplexity)
 
 Budgets: "tiny" for tests (well under a minute), "small" for the reduced recipe the suite
-retrains, and "full" for the shipped model (six to seven minutes on two CPU cores, leaving the
-rest of the twenty-minute recipe to LLaVA's two stages and the benchmark).
+retrains (only the world is generated; the tower and LM are the ones shipped in the package),
+and "full" for the shipped model (about nine minutes on two CPU cores, leaving the rest of the
+twenty-minute recipe to LLaVA's two stages and the benchmark).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +47,9 @@ class Budget:
     # recipes tiny-world-stage1 / tiny-world-stage2.
     stage1: tuple[str, ...] = ()
     stage2: tuple[str, ...] = ()
+    # Start LLaVA from the tower and LM shipped with the package (as LLaVA itself starts from CLIP
+    # and Vicuna) instead of pretraining them: only the world is generated.
+    shipped_backbones: bool = False
 
 
 BUDGETS: dict[str, Budget] = {
@@ -59,17 +64,13 @@ BUDGETS: dict[str, Budget] = {
         stage1=("train.max_steps=40", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=5e-3"),
         stage2=("train.max_steps=60", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=2e-3"),
     ),
-    # The reduced recipe the test suite retrains end to end (about 1.5 minutes on 2 cores).
+    # The reduced recipe the test suite retrains: a smaller world and short LLaVA stages on the
+    # shipped tower and LM (under 2 minutes on one core; docs/embedded-model.md, "Budgets").
     "small": Budget(
-        "small", n_train_images=3000, n_bench_images=100,
-        vision=VisionPretrainConfig(patch_size=32, hidden_size=64, intermediate_size=256, num_layers=2,
-                                    num_heads=2, text_width=64, text_layers=1, embed_dim=64, steps=100,
-                                    batch_size=64, lr=2e-3, warmup_steps=10, eval_images=100, probe_images=500),
-        language=LMPretrainConfig(hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
-                                  block_size=128, batch_size=8, steps=300, lr=3e-3, warmup_steps=20,
-                                  eval_images=20),
+        "small", n_train_images=3000, n_bench_images=100, shipped_backbones=True,
         stage1=("train.max_steps=60", "train.global_batch_size=32", "train.micro_batch_size=32", "train.lr=3e-3"),
-        stage2=("train.max_steps=300", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=2e-3"),
+        stage2=("train.max_steps=300", "train.global_batch_size=16", "train.micro_batch_size=8", "train.lr=1e-3",
+                "data.group_by_modality_length=true"),
     ),
     "full": Budget(
         "full", n_train_images=20000, n_bench_images=500,
@@ -78,17 +79,21 @@ BUDGETS: dict[str, Budget] = {
         vision=VisionPretrainConfig(patch_size=32, hidden_size=128, intermediate_size=512, num_layers=4,
                                     num_heads=4, steps=250, batch_size=128, lr=1e-3, warmup_steps=25,
                                     eval_images=500),
-        # Width 128 trains 2.5x faster per step than 256 at the same perplexity. Its copying from
-        # the context (echo accuracy) is 10 % after 1 200 steps and 55 % after 1 500; the tower
-        # and the LM were cut from 300 and 1 500 steps so that the recipe fits twenty minutes.
+        # Width 128 trains 2.5x faster per step than 256 at the same perplexity. An LM that reads
+        # its context before LLaVA starts is what stage 2 builds on: after 1 200 steps it answers
+        # questions about a caption at chance, after 2 400 steps on text dense in such questions
+        # (three reading documents per image, mostly short answers, a fifth of the image-free
+        # chats) it reads shapes (docs/embedded-model.md, "Can the base LM read?").
         language=LMPretrainConfig(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
-                                  block_size=256, batch_size=8, steps=1200, lr=2e-3, warmup_steps=50,
-                                  eval_images=300, facts_documents=30000),
+                                  block_size=256, batch_size=8, steps=2400, lr=2e-3, warmup_steps=50,
+                                  eval_images=300, facts_documents=30000, reading_per_image=3,
+                                  reading_short_share=0.8, instruct_share=0.2),
         # Stage 2 is what the time goes to: the lookup of the asked object sharpens with steps
-        # (docs/embedded-model.md, "Binding"). Micro-batches of 8 samples of similar length (the
-        # same gradient as one batch of 32) pad 13 % instead of 38 %; wider ones are slower here.
+        # (docs/embedded-model.md, "Binding"); 1 600 of them pay for the LM's longer pretraining.
+        # Micro-batches of 8 samples of similar length (the same gradient as one batch of 32) pad
+        # 13 % instead of 38 %; wider ones are slower here.
         stage1=("train.max_steps=150", "train.lr=2e-3"),
-        stage2=("train.max_steps=2000", "train.lr=1e-3", "train.micro_batch_size=8",
+        stage2=("train.max_steps=1600", "train.lr=1e-3", "train.micro_batch_size=8",
                 "data.group_by_modality_length=true"),
     ),
 }
@@ -133,8 +138,34 @@ def pretrain_backbones(out_dir: str | Path, seed: int = 0, budget: str | Budget 
         torch.set_num_threads(previous_threads)
 
 
+def _copy_shipped(paths: BackbonePaths) -> dict[str, Any]:
+    """The package's pretrained tower and LM (and the LM's tokenizer) into `paths`."""
+    from llavakit.world.ship import shipped_backbones_dir
+
+    source = shipped_backbones_dir()
+    if source is None:
+        raise FileNotFoundError("this installation has no shipped backbones (llavakit/assets/tiny-world/"
+                                "backbones); choose a budget that pretrains them, e.g. budget=full")
+    for name, dest in (("vision", paths.vision), ("language", paths.language)):
+        shutil.copytree(source / name, dest, dirs_exist_ok=True)
+    paths.tokenizer.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(paths.language / name, paths.tokenizer / name)
+    shipped = json.loads((source / "backbones.json").read_text())
+    return {"from": str(source), "seed": shipped["seed"], "budget": shipped["budget"]["name"]}
+
+
 def _run(root: Path, seed: int, budget: Budget, progress: bool) -> BackbonePaths:
     paths = BackbonePaths.at(root)
+    if budget.shipped_backbones:
+        clock = time.time()
+        write_world(paths.world, seed, budget.n_train_images, budget.n_bench_images,
+                    image_size=budget.vision.image_size, progress=progress)
+        origin = _copy_shipped(paths)
+        report = {"seed": seed, "budget": asdict(budget), "shipped_backbones": origin,
+                  "timings_s": {"world": round(time.time() - clock, 2)}, "torch_threads": torch.get_num_threads()}
+        paths.report.write_text(json.dumps(report, indent=2) + "\n")
+        return paths
     timings: dict[str, float] = {}
     clock = time.time()
 

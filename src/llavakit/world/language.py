@@ -173,6 +173,20 @@ def object_listing(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     return request, ", ".join(items) + "."
 
 
+def shape_first_listing(scene: Scene, rng: np.random.Generator) -> str:
+    """Every object as "shape colour size place", in a random order: "star yellow large at the
+    bottom right; circle red small on the left."
+
+    In the other descriptions the colour comes before the shape word ("a yellow star"), so reading
+    "the star's colour" from them takes a step back from the matched word; here it is the word
+    right after it, the lookup a language model learns first (docs/embedded-model.md, "Can the
+    base LM read?").
+    """
+    order = rng.permutation(len(scene.objects))
+    items = [f"{o.shape} {o.colour} {o.size} {where(o.position)}" for o in (scene.objects[i] for i in order)]
+    return "The objects, shape first: " + "; ".join(items) + "."
+
+
 def detailed_description(scene: Scene, rng: np.random.Generator) -> str:
     """A paragraph: overview, one sentence per object, then a summary of counts."""
     objects = list(scene.objects)

@@ -37,7 +37,7 @@ from llavakit.world.dataset import (
     text_rng,
 )
 from llavakit.world.facts import fact_document
-from llavakit.world.language import caption, detailed_description
+from llavakit.world.language import caption, detailed_description, shape_first_listing
 from llavakit.world.pretrain_vision import PretrainResult, lr_at, param_groups
 from llavakit.world.questions import SHORT_SUFFIX, SIMPLE, ask_presence, sample_question
 from llavakit.world.scenes import Scene
@@ -58,6 +58,8 @@ class LMPretrainConfig:
     weight_decay: float = 0.1
     warmup_steps: int = 30
     reading_per_image: int = 1  # reading documents (questions answered from a description) per image
+    reading_short_share: float = 0.4  # share of reading answers in the short form ("Red.")
+    instruct_share: float = 1.0  # share of the image-free instruction chats kept
     facts_documents: int = 0  # general-knowledge paragraphs about the attribute words (world.facts)
     eval_images: int = 300  # benchmark scenes whose documents measure held-out perplexity
 
@@ -78,18 +80,19 @@ def chat_document(record: dict[str, Any]) -> RenderedPrompt:
     return get_template("vicuna_v1").render(messages, add_generation_prompt=False)
 
 
-def reading_document(scene: Scene, rng: np.random.Generator) -> RenderedPrompt:
+def reading_document(scene: Scene, rng: np.random.Generator, short_share: float = 0.4) -> RenderedPrompt:
     """A chat whose answers follow from the text: a description, then 2-4 questions about it.
 
     Image-free LLaVA text cannot teach the LM to look things up in its context (the answers
     depend on an image it never sees); these documents do, and stage 2 needs exactly that skill,
     with image features in place of the description.
     """
-    description = caption(scene, rng) if rng.random() < 0.5 else detailed_description(scene, rng)
+    describe = (caption, detailed_description, shape_first_listing)[int(rng.integers(3))]
+    description = describe(scene, rng)
     pairs = []
     for qa in [sample_question(list(SIMPLE.values()), scene, rng) for _ in range(int(rng.integers(2, 5)))]:
         if qa is not None:
-            short = rng.random() < 0.4
+            short = rng.random() < short_share
             pairs.append((qa.question + SHORT_SUFFIX, qa.short) if short else (qa.question, qa.long))
     turns = []
     for k, (q, a) in enumerate(pairs):
@@ -97,15 +100,21 @@ def reading_document(scene: Scene, rng: np.random.Generator) -> RenderedPrompt:
     return get_template("vicuna_v1").render(from_llava_conversations(turns), add_generation_prompt=False)
 
 
-def train_documents(world: WorldFiles, reading_per_image: int = 1, facts_documents: int = 0) -> list[RenderedPrompt]:
-    """Captions as plain sentences, every instruction record as a chat, reading documents and
-    general-knowledge paragraphs about the attribute words (`llavakit.world.facts`)."""
-    captions = [RenderedPrompt(r["conversations"][1]["value"]) for r in json.loads(world.captions.read_text())]
-    docs = captions + [chat_document(r) for r in json.loads(world.instruct.read_text())]
+def train_documents(world: WorldFiles, reading_per_image: int = 1, facts_documents: int = 0,
+                    reading_short_share: float = 0.4, instruct_share: float = 1.0) -> list[RenderedPrompt]:
+    """Captions as plain sentences, the instruction records as chats (a random `instruct_share` of
+    them), reading documents and general-knowledge paragraphs about the attribute words
+    (`llavakit.world.facts`)."""
     seed = json.loads(world.meta.read_text())["seed"]
+    captions = [RenderedPrompt(r["conversations"][1]["value"]) for r in json.loads(world.captions.read_text())]
+    instruct = json.loads(world.instruct.read_text())
+    if instruct_share < 1.0:
+        keep = np.random.default_rng([seed, TRAIN, 31]).random(len(instruct)) < instruct_share
+        instruct = [r for r, k in zip(instruct, keep) if k]
+    docs = captions + [chat_document(r) for r in instruct]
     for i, scene in enumerate(load_scenes(world.scenes("train"))):
         rng = np.random.default_rng([seed, TRAIN, i, 0, 2])
-        docs += [reading_document(scene, rng) for _ in range(reading_per_image)]
+        docs += [reading_document(scene, rng, reading_short_share) for _ in range(reading_per_image)]
     facts_rng = np.random.default_rng([seed, TRAIN, 29])
     docs += [RenderedPrompt(fact_document(facts_rng)) for _ in range(facts_documents)]
     return docs
@@ -235,7 +244,8 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
     world = WorldFiles(Path(world_dir))
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 23])
-    documents = train_documents(world, config.reading_per_image, config.facts_documents)
+    documents = train_documents(world, config.reading_per_image, config.facts_documents,
+                                config.reading_short_share, config.instruct_share)
     documents = [documents[i] for i in rng.permutation(len(documents))]
     needed = config.steps * config.batch_size * config.block_size
     blocks, _ = pack(tokenizer, documents, config.block_size, max_tokens=int(needed * 1.1))

@@ -2,8 +2,9 @@
 
 `ship_model(run_dir)` copies a finished `llavakit train tiny-world` run's final checkpoint into
 the package (`llavakit/assets/tiny-world/`), with `scores.json` (the recipe, its seed, the
-benchmark scores and timings), example images with questions whose answers come from the
-scenes' annotations (not from the model), and the model card `README.md`.
+benchmark scores and timings), the run's pretrained tower and base LM (`backbones/`, where the
+reduced recipe starts), example images with questions whose answers come from the scenes'
+annotations (not from the model), and the model card `README.md`.
 `shipped_model_dir()` is what `llavakit chat`, `ask`, `serve` and `web` load without --model.
 """
 
@@ -34,6 +35,16 @@ def shipped_model_dir() -> Path | None:
     """The embedded default model, or None when this installation has none."""
     folder = package_model_dir()
     return folder if all((folder / name).is_file() for name in MODEL_FILES) else None
+
+
+def shipped_backbones_dir() -> Path | None:
+    """The shipped model's pretrained tower and base LM (before LLaVA), or None when not installed.
+
+    The reduced recipe (`budget=small`) starts from them, as LLaVA starts from CLIP and Vicuna.
+    """
+    folder = package_model_dir() / "backbones"
+    parts = ("backbones.json", "vision/model.safetensors", "language/model.safetensors", "language/tokenizer.json")
+    return folder if all((folder / name).is_file() for name in parts) else None
 
 
 # Example scenes: (file name, rng seed, number of objects).
@@ -86,6 +97,11 @@ def ship_model(run_dir: str | Path, dest: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         shutil.copyfile(run / "stage2" / name, out / name)
+    for name in ("vision", "language"):
+        shutil.copytree(run / "backbones" / name, out / "backbones" / name, dirs_exist_ok=True)
+    report = json.loads((run / "backbones" / "backbones.json").read_text())
+    report.pop("losses", None)  # per-step curves: in the run folder, not the package
+    (out / "backbones" / "backbones.json").write_text(json.dumps(report, indent=2) + "\n")
     write_examples(out / "examples")
     from safetensors import safe_open
 
