@@ -58,10 +58,33 @@ def test_the_run_is_a_loadable_model_and_a_rerun_continues(reduced_run) -> None:
     assert llava.template.name == "vicuna_v1" and llava.config.tokens_per_image == 9
     image = Image.open(out / "backbones" / "world" / "images" / "bench" / "000000.png").convert("RGB")
     assert llava.ask(image, "How many objects are there in the image?", max_new_tokens=8).strip()
-    # Everything is done, so the same command only rescores the stored predictions.
+    # Everything is done, so the same command only rescores the stored predictions, and the
+    # recorded timings stay those of the run.
+    timings = json.loads((out / "tiny_world.json").read_text())["timings_s"]
     start = time.perf_counter()
     assert main(["train", "tiny-world", "budget=small", f"output={out}", "progress=false", "threads=1"]) == 0
     assert time.perf_counter() - start < 20
+    assert json.loads((out / "tiny_world.json").read_text())["timings_s"] == timings
+
+
+def test_portable_numerics_run_the_recipe_with_avx2_kernels(tmp_path) -> None:
+    args = ["train", "tiny-world", "budget=tiny", f"output={tmp_path}", "progress=false", "threads=1", "eval_images=8"]
+    assert main([*args, "portable_numerics=true"]) == 0
+    summary = json.loads((tmp_path / "tiny_world.json").read_text())
+    # The pipeline ran in a child process started with the pinned environment, and records it.
+    assert summary["numerics"] == {"portable": True, "ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2",
+                                   "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert summary["machine"]["cpu_capability"] == "AVX2" and summary["recipe"]["portable_numerics"] is True
+    assert (tmp_path / "stage2" / "model.safetensors").is_file()
+
+
+def test_an_error_in_the_pinned_child_process_is_reported_cleanly(reduced_run, capfd) -> None:
+    out, _, _ = reduced_run
+    assert main(["train", "tiny-world", "budget=small", "seed=1", f"output={out}", "progress=false",
+                 "portable_numerics=true"]) == 1
+    err = capfd.readouterr().err
+    assert "holds a run with another seed or budget" in err and "the recipe stopped" in err
+    assert "Traceback" not in err
 
 
 def test_world_recipe_errors(tmp_path, capsys) -> None:
@@ -79,3 +102,4 @@ def test_the_reduced_recipe_says_when_the_package_has_no_backbones(tmp_path, mon
     assert main(["train", "tiny-world", "budget=small", f"output={tmp_path / 'run'}", "progress=false"]) == 1
     err = capsys.readouterr().err
     assert "no shipped backbones" in err and "budget=full" in err and "Traceback" not in err
+

@@ -23,7 +23,7 @@ CHANCE = {"colour": 100 / len(COLOURS), "shape": 100 / len(SHAPES), "count": 100
 RELIABLE = 80.0
 
 
-def _limits(final: dict[str, Any]) -> list[str]:
+def _limits(final: dict[str, Any], portable: bool) -> list[str]:
     """The card's limitations, from the scores: what is reliable, what is not, what is at chance."""
     scores = {**final.get("short", {}), "multiple choice": final.get("mc_accuracy", 0.0)}
     weak = [f"{name} {value:.1f} % (chance {CHANCE[name]:.1f} %)" for name, value in scores.items()
@@ -36,11 +36,21 @@ def _limits(final: dict[str, Any]) -> list[str]:
         "  the question names; it has learnt that only in part, so it often names an attribute of",
         "  another object in the image. The targets set for it (90 % colour and shape, 85 % POPE F1)",
         "  are not all met; docs/embedded-model.md has the experiments.",
-        "- Those half-learnt scores are not portable: the recipe is bit-for-bit reproducible on one",
-        "  machine, but another CPU rounds differently and can move them by tens of points with the",
-        "  same seed (docs/embedded-model.md, \"Reproducibility\", has such a rerun). Count and a lone",
-        "  object's colour and shape reproduce.",
     ]
+    if portable:
+        lines += [
+            "- Those half-learnt scores move by tens of points with any change in rounding. The run",
+            "  pinned torch's CPU kernels to AVX2 (portable numerics), so other x86-64 CPUs with AVX2",
+            "  should give the same weights; that was checked on one machine with a simulated CPU",
+            "  without AVX-512, not on a second CPU (docs/embedded-model.md, \"Reproducibility\").",
+        ]
+    else:
+        lines += [
+            "- Those half-learnt scores are not portable: the recipe is bit-for-bit reproducible on one",
+            "  machine, but another CPU rounds differently and can move them by tens of points with the",
+            "  same seed (docs/embedded-model.md, \"Reproducibility\", has such a rerun). Count and a lone",
+            "  object's colour and shape reproduce.",
+        ]
     return lines
 
 
@@ -84,8 +94,9 @@ def model_card(summary: dict[str, Any]) -> str:
     lines.append(f"| **total** | **{timings['total']:.0f}** |")  # the pipeline always records it
     lines += [
         "",
-        f"Measured on {machine.get('platform', '?')} with torch {machine.get('torch', '?')}, "
-        f"{summary.get('torch_threads', '?')} threads.",
+        f"Measured on {machine.get('platform', '?')}"
+        + (f" ({machine['cpu']}, torch's {machine['cpu_capability']} kernels)" if "cpu" in machine else "")
+        + f" with torch {machine.get('torch', '?')}, {summary.get('torch_threads', '?')} threads.",
         "",
         "| stage | steps | final loss |",
         "| --- | ---: | ---: |",
@@ -109,7 +120,7 @@ def model_card(summary: dict[str, Any]) -> str:
         "",
         "## What it cannot do",
         "",
-        *_limits(final),
+        *_limits(final, summary.get("numerics", {}).get("portable", False)),
         "- It knows only its world: five shapes, six colours, two sizes, nine grid positions. Photos,",
         "  text in images, people or anything else get confident answers about coloured shapes.",
         "- Its language is the world's templated English; free-form questions outside those patterns",

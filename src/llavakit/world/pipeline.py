@@ -10,12 +10,20 @@
 
 Every step writes its own folder under the output and is skipped when that folder is complete,
 so rerunning the same command after an interruption continues where it stopped.
+
+With `portable_numerics` (the default) the recipe runs in a child process whose torch CPU
+kernels are pinned to AVX2, so that every x86-64 machine with AVX2 computes the same bits and
+the run reproduces across machines, not only on the one that made it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import platform
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,6 +34,15 @@ import torch
 from llavakit.world.backbones import BUDGETS, BackbonePaths, pretrain_backbones
 
 PIPELINE_KEY = "tiny-world"  # the `pipeline:` value that marks a world recipe file
+
+# The environment that pins torch's CPU kernels to AVX2: ATen's vectorised ops, MKL's BLAS (its
+# conditional numerical reproducibility mode) and oneDNN's convolutions. Without it each picks
+# the widest instructions of the CPU (AVX-512 here), and another CPU rounds differently; with it
+# a simulated AVX2-only CPU gives the same bits (docs/embedded-model.md, "Reproducibility").
+# It costs about 5 % of the speed.
+PORTABLE_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +59,7 @@ class WorldRecipe:
     eval_images: int | None = None  # benchmark images to score (None: all)
     eval_batch_size: int = 32
     progress: bool = True
+    portable_numerics: bool = False  # run with PORTABLE_NUMERICS (x86-64 CPUs with AVX2)
 
     def validate(self) -> None:
         from llavakit.train.recipe import RecipeError
@@ -86,11 +104,43 @@ class WorldRun:
     summary: Path  # tiny_world.json: seed, timings, training summaries, scores
 
 
+def numerics_pinned() -> bool:
+    """Whether this process runs with PORTABLE_NUMERICS."""
+    return all(os.environ.get(k) == v for k, v in PORTABLE_NUMERICS.items())
+
+
+def _can_pin_numerics() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64") and \
+        torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def _run_with_pinned_numerics(recipe: WorldRecipe) -> WorldRun:
+    """The recipe in a child process started with PORTABLE_NUMERICS (torch reads them at start)."""
+    from llavakit.train.recipe import RecipeError
+
+    command = [sys.executable, "-m", "llavakit.world.pipeline", json.dumps(asdict(recipe))]
+    code = subprocess.run(command, env={**os.environ, **PORTABLE_NUMERICS}, check=False).returncode
+    if code != 0:
+        raise RecipeError(f"the recipe stopped (exit code {code}; the lines above say why); the same "
+                          "command continues it")
+    return _world_run(recipe)
+
+
+def _world_run(recipe: WorldRecipe) -> WorldRun:
+    out = Path(recipe.output).expanduser()
+    return WorldRun(BackbonePaths.at(out / "backbones"), out / "stage1", out / "stage2", out / "tiny_world.json")
+
+
 def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
     """Run (or finish) every step of the recipe; returns where the results are."""
     from llavakit.train import load_recipe, train
     from llavakit.train.state import checkpoints
 
+    if recipe.portable_numerics and not numerics_pinned():
+        if _can_pin_numerics():
+            return _run_with_pinned_numerics(recipe)
+        log.warning("portable_numerics needs an x86-64 CPU with AVX2; this run uses this CPU's own "
+                    "kernels and reproduces only on such a CPU")
     out = Path(recipe.output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
@@ -109,8 +159,8 @@ def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
 
     def save() -> None:
         summary["torch_threads"] = torch.get_num_threads()
-        summary["machine"] = {"platform": platform.platform(), "processor": platform.machine(),
-                              "torch": torch.__version__}
+        summary["machine"] = machine_description()
+        summary["numerics"] = {"portable": numerics_pinned(), **{k: os.environ.get(k) for k in PORTABLE_NUMERICS}}
         timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
         summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
 
@@ -147,11 +197,26 @@ def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
             t0 = time.perf_counter()
             scores[name] = score_on_bench(make(), paths.world, out / "eval" / name, limit=recipe.eval_images,
                                           batch_size=recipe.eval_batch_size, progress=recipe.progress)
-            timings[f"eval_{name}"] = round(time.perf_counter() - t0, 2)
+            timings.setdefault(f"eval_{name}", round(time.perf_counter() - t0, 2))  # a rerun only rescores
             save()
     finally:
         torch.set_num_threads(previous_threads)
-    return WorldRun(paths, stage1, stage2, summary_path)
+    return _world_run(recipe)
+
+
+def machine_description() -> dict[str, Any]:
+    """What decides a run's float rounding: the CPU, the kernels torch picks for it, torch's version.
+
+    Runs are bit-identical only where these (and the thread count) agree.
+    """
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpu": cpu,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
 
 def _load(folder: Path):
@@ -187,3 +252,24 @@ def load_stage1(stage1_dir: str | Path, backbones: BackbonePaths, template: str 
     return load_projector_only(Path(stage1_dir) / "mm_projector.safetensors",
                                language_model=backbones.language, vision_tower=backbones.vision,
                                dtype="fp32", device="cpu", template=template)
+
+
+def _child_main(argv: list[str]) -> int:
+    """`python -m llavakit.world.pipeline RECIPE_JSON`: how `_run_with_pinned_numerics` runs it."""
+    from llavakit.train.recipe import RecipeError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    recipe = WorldRecipe(**json.loads(argv[0]))
+    try:
+        run_world_recipe(recipe)
+    except (RecipeError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the same command continues the run", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
