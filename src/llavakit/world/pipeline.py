@@ -11,9 +11,10 @@
 Every step writes its own folder under the output and is skipped when that folder is complete,
 so rerunning the same command after an interruption continues where it stopped.
 
-With `portable_numerics` (the default) the recipe runs in a child process whose torch CPU
-kernels are pinned to AVX2, so that every x86-64 machine with AVX2 computes the same bits and
-the run reproduces across machines, not only on the one that made it.
+With `portable_numerics=true` (off by default: it is slower, see below) the recipe runs in a
+child process whose torch CPU kernels are pinned to AVX2, so that every x86-64 machine with AVX2
+should compute the same bits and the run reproduce across machines, not only on the one that
+made it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ PIPELINE_KEY = "tiny-world"  # the `pipeline:` value that marks a world recipe f
 # conditional numerical reproducibility mode) and oneDNN's convolutions. Without it each picks
 # the widest instructions of the CPU (AVX-512 here), and another CPU rounds differently; with it
 # a simulated AVX2-only CPU gives the same bits (docs/embedded-model.md, "Reproducibility").
-# It costs about 5 % of the speed.
+# It costs time: about 9 % on the backbones and half again on the benchmark runs here.
 PORTABLE_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 log = logging.getLogger(__name__)
