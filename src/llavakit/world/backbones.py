@@ -157,15 +157,6 @@ def _copy_shipped(paths: BackbonePaths) -> dict[str, Any]:
 
 def _run(root: Path, seed: int, budget: Budget, progress: bool) -> BackbonePaths:
     paths = BackbonePaths.at(root)
-    if budget.shipped_backbones:
-        clock = time.time()
-        write_world(paths.world, seed, budget.n_train_images, budget.n_bench_images,
-                    image_size=budget.vision.image_size, progress=progress)
-        origin = _copy_shipped(paths)
-        report = {"seed": seed, "budget": asdict(budget), "shipped_backbones": origin,
-                  "timings_s": {"world": round(time.time() - clock, 2)}, "torch_threads": torch.get_num_threads()}
-        paths.report.write_text(json.dumps(report, indent=2) + "\n")
-        return paths
     timings: dict[str, float] = {}
     clock = time.time()
 
@@ -177,21 +168,26 @@ def _run(root: Path, seed: int, budget: Budget, progress: bool) -> BackbonePaths
     write_world(paths.world, seed, budget.n_train_images, budget.n_bench_images,
                 image_size=budget.vision.image_size, progress=progress)
     lap("world")
-    tokenizer = train_world_tokenizer(paths.world, paths.tokenizer, budget.vocab_size)
-    lap("tokenizer")
-    vision = pretrain_vision(paths.world, tokenizer, paths.vision, budget.vision, seed=seed, progress=progress,
-                             max_seconds=budget.vision_max_seconds)
-    lap("vision")
-    language = pretrain_lm(paths.world, tokenizer, paths.language, budget.language, seed=seed, progress=progress,
-                           max_seconds=budget.language_max_seconds)
-    lap("language")
+    report: dict[str, Any] = {"seed": seed, "budget": asdict(budget), "timings_s": timings,
+                              "torch_threads": torch.get_num_threads()}
+    if budget.shipped_backbones:
+        report["shipped_backbones"] = _copy_shipped(paths)
+        lap("shipped_backbones")
+    else:
+        tokenizer = train_world_tokenizer(paths.world, paths.tokenizer, budget.vocab_size)
+        lap("tokenizer")
+        vision = pretrain_vision(paths.world, tokenizer, paths.vision, budget.vision, seed=seed, progress=progress,
+                                 max_seconds=budget.vision_max_seconds)
+        lap("vision")
+        language = pretrain_lm(paths.world, tokenizer, paths.language, budget.language, seed=seed,
+                               progress=progress, max_seconds=budget.language_max_seconds)
+        lap("language")
+        report.update({
+            "tokenizer": {"vocab_size": len(tokenizer)},
+            "vision": {"params": _params(paths.vision / "model.safetensors"), **vision.metrics},
+            "language": {"params": _params(paths.language / "model.safetensors"), **language.metrics},
+            "losses": {"vision": vision.losses, "language": language.losses},
+        })
     timings["total"] = round(sum(timings.values()), 2)
-    report: dict[str, Any] = {
-        "seed": seed, "budget": asdict(budget), "timings_s": timings, "torch_threads": torch.get_num_threads(),
-        "tokenizer": {"vocab_size": len(tokenizer)},
-        "vision": {"params": _params(paths.vision / "model.safetensors"), **vision.metrics},
-        "language": {"params": _params(paths.language / "model.safetensors"), **language.metrics},
-        "losses": {"vision": vision.losses, "language": language.losses},
-    }
     paths.report.write_text(json.dumps(report, indent=2) + "\n")
     return paths

@@ -158,10 +158,12 @@ def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
     summary["recipe"] = asdict(recipe)
     timings = summary.setdefault("timings_s", {})
 
+    machine = machine_description()
+    numerics = {"portable": numerics_pinned(), **{k: os.environ.get(k) for k in PORTABLE_NUMERICS}}
+
     def save() -> None:
         summary["torch_threads"] = torch.get_num_threads()
-        summary["machine"] = machine_description()
-        summary["numerics"] = {"portable": numerics_pinned(), **{k: os.environ.get(k) for k in PORTABLE_NUMERICS}}
+        summary["machine"], summary["numerics"] = machine, numerics
         timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 2)
         summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
 

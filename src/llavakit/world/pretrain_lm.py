@@ -80,7 +80,7 @@ def chat_document(record: dict[str, Any]) -> RenderedPrompt:
     return get_template("vicuna_v1").render(messages, add_generation_prompt=False)
 
 
-def reading_document(scene: Scene, rng: np.random.Generator, short_share: float = 0.4) -> RenderedPrompt:
+def reading_document(scene: Scene, rng: np.random.Generator, short_share: float) -> RenderedPrompt:
     """A chat whose answers follow from the text: a description, then 2-4 questions about it.
 
     Image-free LLaVA text cannot teach the LM to look things up in its context (the answers
