@@ -102,4 +102,3 @@ def test_the_reduced_recipe_says_when_the_package_has_no_backbones(tmp_path, mon
     assert main(["train", "tiny-world", "budget=small", f"output={tmp_path / 'run'}", "progress=false"]) == 1
     err = capsys.readouterr().err
     assert "no shipped backbones" in err and "budget=full" in err and "Traceback" not in err
-

@@ -46,14 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        # Errors we raise on purpose carry a message meant for the user; show only that.
-        from llavakit.checkpoints import CheckpointError
-        from llavakit.images import ImageError
-
-        if isinstance(err, UserError | CheckpointError | ImageError | FileNotFoundError):
+        if is_user_error(err):
             print(f"llavakit {args.command}: error: {err}", file=sys.stderr)
             return 1
         raise
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether `err` is one we raise on purpose, whose message is meant for the user: such errors
+    are printed without a traceback."""
+    from llavakit.checkpoints import CheckpointError
+    from llavakit.images import ImageError
+
+    return isinstance(err, UserError | CheckpointError | ImageError | FileNotFoundError)
 
 
 if __name__ == "__main__":

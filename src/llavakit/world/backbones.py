@@ -91,8 +91,8 @@ BUDGETS: dict[str, Budget] = {
         # Stage 2 is what the time goes to: the lookup of the asked object sharpens with updates
         # (docs/embedded-model.md, "Binding"). Batches of 8 give four updates for the records of
         # one batch of 32 at the same cost; over record orders they gave POPE F1 63 and shape 71
-        # against 55 and 63 ("Smaller batches, more updates"); sorting 256
-        # records by length before cutting them into batches keeps the padding near zero.
+        # against 55 and 63 ("Smaller batches, more updates"). Sorting 256 records by length
+        # before cutting them into batches keeps the padding near zero.
         stage1=("train.max_steps=150", "train.lr=2e-3"),
         stage2=("train.max_steps=6400", "train.lr=1e-3", "train.global_batch_size=8",
                 "train.micro_batch_size=8", "data.group_by_modality_length=true",

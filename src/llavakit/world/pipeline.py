@@ -258,19 +258,25 @@ def load_stage1(stage1_dir: str | Path, backbones: BackbonePaths, template: str 
 
 
 def _child_main(argv: list[str]) -> int:
-    """`python -m llavakit.world.pipeline RECIPE_JSON`: how `_run_with_pinned_numerics` runs it."""
+    """`python -m llavakit.world.pipeline RECIPE_JSON`: how `_run_with_pinned_numerics` runs it.
+
+    Errors are reported as the `llavakit` command reports them (`llavakit train` shows a
+    RecipeError as a user error too)."""
+    from llavakit.cli import is_user_error
     from llavakit.train.recipe import RecipeError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     recipe = WorldRecipe(**json.loads(argv[0]))
     try:
         run_world_recipe(recipe)
-    except (RecipeError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted; the same command continues the run", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not (isinstance(err, RecipeError) or is_user_error(err)):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
