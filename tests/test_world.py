@@ -260,6 +260,63 @@ def test_reading_documents_and_the_instruction_share(world) -> None:
     assert 0.65 < short < 0.95, short
 
 
+def test_scene_slots_carry_each_cell_into_the_lm(world, tokenizer) -> None:
+    """Captions and chats keep their image as nine slots, each the sum of its cell's words."""
+    from llavakit.model.language import LanguageModel
+    from llavakit.world.dataset import WorldFiles
+    from llavakit.world.pretrain_lm import (
+        LMPretrainConfig,
+        SceneDocument,
+        pack,
+        slot_embeddings,
+        train_documents,
+    )
+
+    files = WorldFiles(world)
+    scenes = load_scenes(files.scenes("train"))
+    plain = train_documents(files, reading_per_image=1)
+    slotted = train_documents(files, reading_per_image=1, scene_slots=True)
+    n_captions = len(json.loads(files.captions.read_text()))
+    n_chats = len(json.loads(files.instruct.read_text()))
+    assert len(slotted) == len(plain)
+    assert all(isinstance(d, SceneDocument) and d.text.count(IMAGE_PLACEHOLDER) == 1
+               for d in slotted[: n_captions + n_chats])
+    assert slotted[0].text == IMAGE_PLACEHOLDER + plain[0].text and slotted[0].scene == scenes[0]
+    # Removing the placeholder from a slotted chat gives the image-free one, answers included.
+    chat, free = slotted[n_captions], plain[n_captions]
+    assert chat.text.replace(IMAGE_PLACEHOLDER + "\n", "") == free.text
+    assert chat.target_texts() == free.target_texts()
+    assert all(IMAGE_PLACEHOLDER not in d.text for d in slotted[n_captions + n_chats:])
+
+    caption = slotted[0]
+    packed = pack(tokenizer, [caption], block_size=8)
+    stream = packed.rows[:, :-1].flatten().tolist() + packed.rows[-1:, -1].tolist()
+    index = packed.slot_index[:, :-1].flatten().tolist() + packed.slot_index[-1:, -1].tolist()
+    slot_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    assert stream[1:10] == [slot_id] * 9 and slot_id not in stream[10:]  # after BOS, then the caption
+    assert [i >= 0 for i in index[:11]] == [False] + [True] * 9 + [False]
+    said = [tokenizer.decode([w for w in packed.slot_words[i].tolist() if w >= 0]) for i in index[1:10]]
+    objects = {o.cell: o for o in caption.scene.objects}
+    for cell, text in enumerate(said):
+        o = objects.get(cell)
+        expected = POSITIONS[cell] if o is None else f"{o.size} {o.colour} {o.shape} {o.position}"
+        assert text.strip() == expected
+    assert not packed.answers.any()  # a caption has no assistant answer; slots never are one
+    # A slot's input is the sum of its words' embeddings; every other position is its token's.
+    model = LanguageModel(LMPretrainConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+                          .model_config(len(tokenizer)))
+    rows, where = packed.rows[:2, :-1], packed.slot_index[:2, :-1]
+    embeds = slot_embeddings(model, rows, where, packed.slot_words)
+    table = model.model.embed_tokens.weight
+    for b in range(rows.shape[0]):
+        for t in range(rows.shape[1]):
+            if where[b, t] >= 0:
+                words = [w for w in packed.slot_words[where[b, t]].tolist() if w >= 0]
+                torch.testing.assert_close(embeds[b, t], table[words].sum(0))
+            else:
+                torch.testing.assert_close(embeds[b, t], table[rows[b, t]])
+
+
 # ---- backbones ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

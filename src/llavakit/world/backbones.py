@@ -60,7 +60,7 @@ BUDGETS: dict[str, Budget] = {
                                     lr=2e-3, warmup_steps=5, eval_images=64),
         language=LMPretrainConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
                                   block_size=64, batch_size=8, steps=40, lr=3e-3, warmup_steps=5,
-                                  eval_images=16, reading_per_image=1),
+                                  eval_images=16, reading_per_image=1, scene_slots=True),
         stage1=("train.max_steps=40", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=5e-3"),
         stage2=("train.max_steps=60", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=2e-3"),
     ),
@@ -82,12 +82,14 @@ BUDGETS: dict[str, Budget] = {
         # Width 128 trains 2.5x faster per step than 256 at the same perplexity. An LM that reads
         # its context before LLaVA starts is what stage 2 builds on: after 1 200 steps it answers
         # questions about a caption at chance, after 2 400 steps on text dense in such questions
-        # (three reading documents per image, mostly short answers, a fifth of the image-free
-        # chats) it reads shapes (docs/embedded-model.md, "Can the base LM read?").
+        # (three reading documents per image, mostly short answers) it reads shapes
+        # (docs/embedded-model.md, "Can the base LM read?"). Captions and instruction chats keep
+        # their image as scene slots, so that it also reads several facts from one position, as
+        # it must from an image token ("Scene slots").
         language=LMPretrainConfig(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
                                   block_size=256, batch_size=8, steps=2400, lr=2e-3, warmup_steps=50,
                                   eval_images=300, facts_documents=30000, reading_per_image=3,
-                                  reading_short_share=0.8, instruct_share=0.2),
+                                  reading_short_share=0.8, instruct_share=1.0, scene_slots=True),
         # Stage 2 is what the time goes to: the lookup of the asked object sharpens with updates
         # (docs/embedded-model.md, "Binding"). Batches of 8 give four updates for the records of
         # one batch of 32 at the same cost; over record orders they gave POPE F1 63 and shape 71

@@ -6,6 +6,13 @@ so ours learns the world's vocabulary, its question forms and where a turn ends,
 "reading" chats whose questions are answered from a description in the same chat. Held-out
 perplexity is measured on documents of the benchmark scenes, which it never trains on, and
 `echo_accuracy` checks whether greedy answers repeat what was asked.
+
+With `scene_slots`, captions and instruction chats keep their image, as nine "scene slots", one
+per grid cell, each the sum of the input embeddings of the words that name the cell's content
+(" large red circle top left"; an empty cell: " top left"). Text alone never asks the LM to read
+several facts from one position, which is what an image token is; with the slots it learns to
+before LLaVA starts, and LLaVA's stage 1 then has something to align the image tokens to
+(docs/embedded-model.md, "Scene slots"). The saved model is a plain Llama: slots are only inputs.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from llavakit.world.facts import fact_document
 from llavakit.world.language import caption, detailed_description, shape_first_listing
 from llavakit.world.pretrain_vision import PretrainResult, lr_at, param_groups
 from llavakit.world.questions import SHORT_SUFFIX, SIMPLE, ask_presence, sample_question
-from llavakit.world.scenes import Scene
+from llavakit.world.scenes import GRID, Scene, cell_name
 from llavakit.world.tokenizer import save_tokenizer
 
 
@@ -61,6 +68,7 @@ class LMPretrainConfig:
     reading_short_share: float = 0.4  # share of reading answers in the short form ("Red.")
     instruct_share: float = 1.0  # share of the image-free instruction chats kept
     facts_documents: int = 0  # general-knowledge paragraphs about the attribute words (world.facts)
+    scene_slots: bool = False  # captions and instruction chats keep their image as scene slots
     eval_images: int = 300  # benchmark scenes whose documents measure held-out perplexity
 
     def model_config(self, vocab_size: int) -> LanguageConfig:
@@ -72,12 +80,29 @@ class LMPretrainConfig:
         )
 
 
-def chat_document(record: dict[str, Any]) -> RenderedPrompt:
-    """An instruction record as vicuna_v1 chat text (image placeholder left out), with its answers' spans."""
+@dataclass(frozen=True)
+class SceneDocument(RenderedPrompt):
+    """A document whose image placeholder stands for `scene`'s slots."""
+
+    scene: Scene | None = None
+
+
+def chat_document(record: dict[str, Any], scene: Scene | None = None) -> RenderedPrompt:
+    """An instruction record as vicuna_v1 chat text with its answers' spans: with a `scene`, its
+    image placeholder stays (the scene's slots); without, it is left out."""
     turns = [dict(t) for t in record["conversations"]]
-    turns[0]["value"] = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
-    messages = from_llava_conversations(turns)
-    return get_template("vicuna_v1").render(messages, add_generation_prompt=False)
+    if scene is None:
+        turns[0]["value"] = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+    rendered = get_template("vicuna_v1").render(from_llava_conversations(turns), add_generation_prompt=False)
+    return rendered if scene is None else SceneDocument(rendered.text, rendered.target_spans, scene)
+
+
+def slot_texts(scene: Scene) -> list[str]:
+    """What each scene slot sums, cell by cell in the tower's patch order (row-major)."""
+    cells = [f" {cell_name(*divmod(c, GRID))}" for c in range(GRID * GRID)]
+    for o in scene.objects:
+        cells[o.cell] = f" {o.size} {o.colour} {o.shape} {o.position}"
+    return cells
 
 
 def reading_document(scene: Scene, rng: np.random.Generator, short_share: float) -> RenderedPrompt:
@@ -101,18 +126,26 @@ def reading_document(scene: Scene, rng: np.random.Generator, short_share: float)
 
 
 def train_documents(world: WorldFiles, reading_per_image: int = 1, facts_documents: int = 0,
-                    reading_short_share: float = 0.4, instruct_share: float = 1.0) -> list[RenderedPrompt]:
+                    reading_short_share: float = 0.4, instruct_share: float = 1.0,
+                    scene_slots: bool = False) -> list[RenderedPrompt]:
     """Captions as plain sentences, the instruction records as chats (a random `instruct_share` of
     them), reading documents and general-knowledge paragraphs about the attribute words
-    (`llavakit.world.facts`)."""
+    (`llavakit.world.facts`). With `scene_slots` the captions and chats are `SceneDocument`s that
+    keep their image placeholder."""
     seed = json.loads(world.meta.read_text())["seed"]
-    captions = [RenderedPrompt(r["conversations"][1]["value"]) for r in json.loads(world.captions.read_text())]
+    scenes = load_scenes(world.scenes("train"))
+    scene_of = dict(zip((r["image"] for r in json.loads(world.scenes("train").read_text())), scenes))
+    captions: list[RenderedPrompt] = []
+    for r in json.loads(world.captions.read_text()):
+        text = r["conversations"][1]["value"]
+        captions.append(SceneDocument(IMAGE_PLACEHOLDER + text, scene=scene_of[r["image"]]) if scene_slots
+                        else RenderedPrompt(text))
     instruct = json.loads(world.instruct.read_text())
     if instruct_share < 1.0:
         keep = np.random.default_rng([seed, TRAIN, 31]).random(len(instruct)) < instruct_share
         instruct = [r for r, k in zip(instruct, keep) if k]
-    docs = captions + [chat_document(r) for r in instruct]
-    for i, scene in enumerate(load_scenes(world.scenes("train"))):
+    docs = captions + [chat_document(r, scene_of[r["image"]] if scene_slots else None) for r in instruct]
+    for i, scene in enumerate(scenes):
         rng = np.random.default_rng([seed, TRAIN, i, 0, 2])
         docs += [reading_document(scene, rng, reading_short_share) for _ in range(reading_per_image)]
     facts_rng = np.random.default_rng([seed, TRAIN, 29])
@@ -131,24 +164,60 @@ def heldout_documents(world: WorldFiles, n_images: int) -> list[RenderedPrompt]:
     return docs
 
 
-def pack(tokenizer, documents: list[RenderedPrompt], block_size: int,
-         max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """BOS + document + EOS, concatenated and cut into [blocks, block_size + 1] rows (inputs and
-    next-token targets overlap by one), and a [blocks, block_size] mask of the targets that are
-    tokens of an assistant's answer. Stops tokenising once `max_tokens` are collected."""
+@dataclass
+class Packed:
+    """Documents cut into training rows.
+
+    rows: [blocks, block_size + 1] token ids (inputs and next-token targets overlap by one);
+    answers: [blocks, block_size] whether a target is a token of an assistant's answer;
+    slot_index: [blocks, block_size + 1] the scene slot at each position (into `slot_words`), -1
+    for a word; slot_words: [slots, MAX_SLOT_WORDS] the word ids each slot sums, -1 padded.
+    """
+
+    rows: torch.Tensor
+    answers: torch.Tensor
+    slot_index: torch.Tensor
+    slot_words: torch.Tensor
+
+
+MAX_SLOT_WORDS = 6  # " large yellow star bottom right" is five tokens
+
+
+def pack(tokenizer, documents: list[RenderedPrompt], block_size: int, max_tokens: int | None = None) -> Packed:
+    """BOS + document + EOS, concatenated and cut into rows of `block_size + 1`. The image
+    placeholder of a `SceneDocument` becomes its scene's slots. Stops once `max_tokens` are
+    collected."""
     eos = tokenizer.eos_token_id
+    slot_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    word_ids: dict[str, list[int]] = {}
     stream: list[int] = []
     answers: list[bool] = []
+    slots: list[int] = []
+    slot_words: list[list[int]] = []
     for start in range(0, len(documents), 2048):
         chunk = documents[start : start + 2048]
         encoded = tokenizer([d.text for d in chunk], return_offsets_mapping=True)
         for doc, ids, offsets in zip(chunk, encoded["input_ids"], encoded["offset_mapping"]):
-            in_answer = [any(s <= a < e for s, e in doc.target_spans) for a, _ in offsets]
-            in_answer[0] = False  # BOS
+            scene = getattr(doc, "scene", None)
+            for position, (token, (a, _)) in enumerate(zip(ids, offsets)):
+                if token == slot_id and scene is not None:
+                    for text in slot_texts(scene):
+                        if text not in word_ids:
+                            word_ids[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
+                        stream.append(slot_id)
+                        answers.append(False)
+                        slots.append(len(slot_words))
+                        slot_words.append(word_ids[text])
+                    continue
+                stream.append(token)
+                answers.append(position > 0 and any(s <= a < e for s, e in doc.target_spans))  # not BOS
+                slots.append(-1)
             if ids[-1] != eos:  # chat documents already end with </s>
-                ids, in_answer = [*ids, eos], [*in_answer, False]
-            stream += ids
-            answers += in_answer
+                stream.append(eos)
+                answers.append(False)
+                slots.append(-1)
+            if max_tokens is not None and len(stream) >= max_tokens:
+                break
         if max_tokens is not None and len(stream) >= max_tokens:
             break
     n = (len(stream) - 1) // block_size
@@ -156,7 +225,25 @@ def pack(tokenizer, documents: list[RenderedPrompt], block_size: int,
         raise ValueError(f"{len(stream)} tokens are not enough for one block of {block_size}")
     rows = [stream[i * block_size : (i + 1) * block_size + 1] for i in range(n)]
     masks = [answers[i * block_size + 1 : (i + 1) * block_size + 1] for i in range(n)]
-    return torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.bool)
+    index = [slots[i * block_size : (i + 1) * block_size + 1] for i in range(n)]
+    words = torch.full((len(slot_words), MAX_SLOT_WORDS), -1, dtype=torch.long)
+    for i, w in enumerate(slot_words):
+        words[i, : len(w)] = torch.tensor(w)
+    return Packed(torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.bool),
+                  torch.tensor(index, dtype=torch.int32), words)
+
+
+def slot_embeddings(model: LanguageModel, rows: torch.Tensor, slot_index: torch.Tensor,
+                    slot_words: torch.Tensor) -> torch.Tensor:
+    """Input embeddings of `rows`, with each scene slot the sum of its words' embeddings."""
+    embed = model.model.embed_tokens
+    x = embed(rows)
+    where = slot_index >= 0
+    if bool(where.any()):
+        words = slot_words[slot_index[where].long()]
+        summed = (embed(words.clamp(min=0)) * (words >= 0)[..., None]).sum(1)
+        x = x.masked_scatter(where[..., None], summed.to(x.dtype))
+    return x
 
 
 def init_weights(model: LanguageModel, std: float = 0.02) -> None:
@@ -167,9 +254,10 @@ def init_weights(model: LanguageModel, std: float = 0.02) -> None:
             torch.nn.init.normal_(p, 0.0, scaled if name.endswith(("o_proj.weight", "down_proj.weight")) else std)
 
 
-def lm_loss(model: LanguageModel, rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def lm_loss(model: LanguageModel, rows: torch.Tensor, weights: torch.Tensor | None = None,
+            inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token loss, weighted per target when `weights` is given."""
-    logits = model(rows[:, :-1])
+    logits = model(rows[:, :-1]) if inputs_embeds is None else model(inputs_embeds=inputs_embeds)
     nll = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none")
     if weights is None:
         return nll.mean()
@@ -245,10 +333,11 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 23])
     documents = train_documents(world, config.reading_per_image, config.facts_documents,
-                                config.reading_short_share, config.instruct_share)
+                                config.reading_short_share, config.instruct_share, config.scene_slots)
     documents = [documents[i] for i in rng.permutation(len(documents))]
     needed = config.steps * config.batch_size * config.block_size
-    blocks, _ = pack(tokenizer, documents, config.block_size, max_tokens=int(needed * 1.1))
+    packed = pack(tokenizer, documents, config.block_size, max_tokens=int(needed * 1.1))
+    blocks, with_slots = packed.rows, len(packed.slot_words) > 0
 
     model = LanguageModel(config.model_config(len(tokenizer)))
     init_weights(model)
@@ -259,12 +348,18 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
     for step in bar:
         if cursor + config.batch_size > len(order):
             order, cursor = rng.permutation(len(blocks)), 0
-        rows = blocks[torch.from_numpy(order[cursor : cursor + config.batch_size])]
+        picked = torch.from_numpy(order[cursor : cursor + config.batch_size])
+        rows = blocks[picked]
         cursor += config.batch_size
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup_steps)
         model.train()
-        loss = lm_loss(model, rows)
+        if with_slots:  # a slot is an input only: never a target
+            slot_index = packed.slot_index[picked]
+            embeds = slot_embeddings(model, rows[:, :-1], slot_index[:, :-1], packed.slot_words)
+            loss = lm_loss(model, rows, (slot_index[:, 1:] < 0).float(), inputs_embeds=embeds)
+        else:
+            loss = lm_loss(model, rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -281,7 +376,8 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
                                "first_loss": losses[0], "final_loss": float(np.mean(losses[-20:])),
                                "config": asdict(config)}
     if config.eval_images:
-        heldout, heldout_answers = pack(tokenizer, heldout_documents(world, config.eval_images), config.block_size)
+        held = pack(tokenizer, heldout_documents(world, config.eval_images), config.block_size)
+        heldout, heldout_answers = held.rows, held.answers
         metrics.update(heldout_tokens=int(heldout[:, 1:].numel()), heldout_perplexity=perplexity(model, heldout),
                        heldout_answer_perplexity=perplexity(model, heldout, heldout_answers),
                        echo_accuracy=echo_accuracy(model, tokenizer, world))
