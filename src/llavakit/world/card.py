@@ -29,13 +29,20 @@ def _limits(final: dict[str, Any], portable: bool) -> list[str]:
     weak = [f"{name} {value:.1f} % (chance {CHANCE[name]:.1f} %)" for name, value in scores.items()
             if value < RELIABLE]
     strong = [f"{name} {value:.1f} %" for name, value in scores.items() if value >= RELIABLE]
+    pope = final.get("pope_f1", 0.0)
+    (strong if pope >= RELIABLE else weak).append(f"presence (POPE F1) {pope:.1f}")
+    targets = {"colour": (scores.get("colour", 0.0), 90.0), "shape": (scores.get("shape", 0.0), 90.0),
+               "POPE F1": (pope, 85.0)}
+    missed = [f"{name} {value:.1f} (target {target:g})" for name, (value, target) in targets.items()
+              if value < target]
     lines = [
         f"- **Reliable** (≥ {RELIABLE:g} %): {', '.join(strong) or 'nothing'}. **Not reliable**: "
-        f"{', '.join(weak) or 'nothing'}; presence (POPE F1) {final.get('pope_f1', 0):.1f}.",
-        "- Questions about one of several objects need the model to bind an attribute to the object",
-        "  the question names; it has learnt that only in part, so it often names an attribute of",
-        "  another object in the image. The targets set for it (90 % colour and shape, 85 % POPE F1)",
-        "  are not all met; docs/embedded-model.md has the experiments.",
+        f"{', '.join(weak) or 'nothing'}.",
+        "- About one of several objects it must bind an attribute to the object the question names.",
+        "  It does when the question names the object by another attribute (\"the red object\"), but",
+        "  not when it names it by its place (\"the object at the top left\"): it does not read places.",
+        "  Targets set for it and not met: " + (", ".join(missed) or "none") + "; docs/embedded-model.md",
+        "  has the experiments.",
     ]
     if portable:
         lines += [
