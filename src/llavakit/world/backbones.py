@@ -85,7 +85,7 @@ BUDGETS: dict[str, Budget] = {
         # (three reading documents per image, mostly short answers) it reads shapes
         # (docs/embedded-model.md, "Can the base LM read?"). Captions and instruction chats keep
         # their image as scene slots, so that it also reads several facts from one position, as
-        # it must from an image token ("Scene slots").
+        # it must from an image token ("Stage 1 aligned nothing; scene slots").
         language=LMPretrainConfig(hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
                                   block_size=256, batch_size=8, steps=2400, lr=2e-3, warmup_steps=50,
                                   eval_images=300, facts_documents=30000, reading_per_image=3,

@@ -12,7 +12,7 @@ per grid cell, each the sum of the input embeddings of the words that name the c
 (" large red circle top left"; an empty cell: " top left"). Text alone never asks the LM to read
 several facts from one position, which is what an image token is; with the slots it learns to
 before LLaVA starts, and LLaVA's stage 1 then has something to align the image tokens to
-(docs/embedded-model.md, "Scene slots"). The saved model is a plain Llama: slots are only inputs.
+(docs/embedded-model.md, "Stage 1 aligned nothing; scene slots"). The saved model is a plain Llama: slots are only inputs.
 """
 
 from __future__ import annotations
@@ -171,16 +171,13 @@ class Packed:
     rows: [blocks, block_size + 1] token ids (inputs and next-token targets overlap by one);
     answers: [blocks, block_size] whether a target is a token of an assistant's answer;
     slot_index: [blocks, block_size + 1] the scene slot at each position (into `slot_words`), -1
-    for a word; slot_words: [slots, MAX_SLOT_WORDS] the word ids each slot sums, -1 padded.
+    for a word; slot_words: [slots, most words in a slot] the word ids each slot sums, -1 padded.
     """
 
     rows: torch.Tensor
     answers: torch.Tensor
     slot_index: torch.Tensor
     slot_words: torch.Tensor
-
-
-MAX_SLOT_WORDS = 6  # " large yellow star bottom right" is five tokens
 
 
 def pack(tokenizer, documents: list[RenderedPrompt], block_size: int, max_tokens: int | None = None) -> Packed:
@@ -226,7 +223,8 @@ def pack(tokenizer, documents: list[RenderedPrompt], block_size: int, max_tokens
     rows = [stream[i * block_size : (i + 1) * block_size + 1] for i in range(n)]
     masks = [answers[i * block_size + 1 : (i + 1) * block_size + 1] for i in range(n)]
     index = [slots[i * block_size : (i + 1) * block_size + 1] for i in range(n)]
-    words = torch.full((len(slot_words), MAX_SLOT_WORDS), -1, dtype=torch.long)
+    width = max((len(w) for w in slot_words), default=1)  # a smaller vocabulary splits words
+    words = torch.full((len(slot_words), width), -1, dtype=torch.long)
     for i, w in enumerate(slot_words):
         words[i, : len(w)] = torch.tensor(w)
     return Packed(torch.tensor(rows, dtype=torch.long), torch.tensor(masks, dtype=torch.bool),
