@@ -133,8 +133,9 @@ def train_documents(world: WorldFiles, reading_per_image: int = 1, facts_documen
     (`llavakit.world.facts`). With `scene_slots` the captions and chats are `SceneDocument`s that
     keep their image placeholder."""
     seed = json.loads(world.meta.read_text())["seed"]
-    scenes = load_scenes(world.scenes("train"))
-    scene_of = dict(zip((r["image"] for r in json.loads(world.scenes("train").read_text())), scenes))
+    annotations = json.loads(world.scenes("train").read_text())
+    scenes = [Scene.from_dict(r) for r in annotations]  # load_scenes, without reading the file twice
+    scene_of = {r["image"]: scene for r, scene in zip(annotations, scenes)}
     captions: list[RenderedPrompt] = []
     for r in json.loads(world.captions.read_text()):
         text = r["conversations"][1]["value"]
