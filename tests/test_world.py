@@ -258,6 +258,14 @@ def test_reading_documents_and_the_instruction_share(world) -> None:
     answers = [a for d in reading for a in d.target_texts()]
     short = sum(len(a.rstrip("</s>").split()) <= 2 for a in answers) / len(answers)
     assert 0.65 < short < 0.95, short
+    # With reading_slot_share the description is the scene's slots; a zero share changes nothing.
+    assert [d.text for d in train_documents(world, 3, 0, 0.8, 0.2, reading_slot_share=0.0)] == \
+        [d.text for d in dense]
+    by_slots = train_documents(world, 3, 0, 0.8, 0.2, reading_slot_share=1.0)[-3 * n_scenes:]
+    scenes = load_scenes(world.scenes("train"))
+    assert [d.scene for d in by_slots] == [s for s in scenes for _ in range(3)]
+    assert all(d.text.count(IMAGE_PLACEHOLDER) == 1 and "USER: " + IMAGE_PLACEHOLDER + "\n" in d.text
+               and d.target_texts() for d in by_slots)
 
 
 def test_scene_slots_carry_each_cell_into_the_lm(world, tokenizer) -> None:
@@ -386,6 +394,32 @@ def test_language_folder_loads_with_llavakit_and_transformers(backbones) -> None
     ids = torch.tensor([tokenizer("USER: What colour is the star? ASSISTANT: The star is red.</s>").input_ids])
     with torch.no_grad():
         torch.testing.assert_close(model(ids), hf(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_tied_language_model_saves_and_loads(tokenizer, tmp_path) -> None:
+    """With tie_embeddings the head is the embedding table, stored once, as transformers does."""
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    from llavakit.checkpoints.hf_configs import language_from_hf
+    from llavakit.checkpoints.io import load_into, read_state_dict, weight_files
+    from llavakit.model.language import LanguageModel
+    from llavakit.world.pretrain_lm import LMPretrainConfig, init_weights, save_language_model
+
+    config = LMPretrainConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, tie_embeddings=True)
+    torch.manual_seed(0)
+    model = LanguageModel(config.model_config(len(tokenizer))).eval()
+    init_weights(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    folder = save_language_model(model, tokenizer, tmp_path / "tied")
+    assert "lm_head.weight" not in load_file(str(folder / "model.safetensors"))
+    loaded = LanguageModel(language_from_hf(json.loads((folder / "config.json").read_text()), "config.json"))
+    load_into(loaded, read_state_dict(weight_files(folder)), str(folder), optional=["lm_head.weight"])
+    hf = LlamaForCausalLM.from_pretrained(str(folder)).eval()
+    ids = torch.tensor([tokenizer("USER: What colour is the star? ASSISTANT: Red.</s>").input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(ids), model(ids))
+        torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=1e-4)
 
 
 def test_backbones_assemble_into_a_llava_model(backbones, tmp_path) -> None:

@@ -69,6 +69,8 @@ class LMPretrainConfig:
     instruct_share: float = 1.0  # share of the image-free instruction chats kept
     facts_documents: int = 0  # general-knowledge paragraphs about the attribute words (world.facts)
     scene_slots: bool = False  # captions and instruction chats keep their image as scene slots
+    reading_slot_share: float = 0.0  # share of reading documents that describe the scene by its slots
+    tie_embeddings: bool = False  # the output head is the input embedding (a copy is then the identity)
     eval_images: int = 300  # benchmark scenes whose documents measure held-out perplexity
 
     def model_config(self, vocab_size: int) -> LanguageConfig:
@@ -76,7 +78,7 @@ class LMPretrainConfig:
             vocab_size=vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
             num_layers=self.num_layers, num_heads=self.num_heads, num_kv_heads=self.num_heads,
             max_position_embeddings=self.max_position_embeddings, rms_norm_eps=1e-5, rope_theta=10000.0,
-            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+            tie_word_embeddings=self.tie_embeddings, bos_token_id=1, eos_token_id=2, pad_token_id=3,
         )
 
 
@@ -105,7 +107,8 @@ def slot_texts(scene: Scene) -> list[str]:
     return cells
 
 
-def reading_document(scene: Scene, rng: np.random.Generator, short_share: float) -> RenderedPrompt:
+def reading_document(scene: Scene, rng: np.random.Generator, short_share: float,
+                     slots: bool = False) -> RenderedPrompt:
     """A chat whose answers follow from the text: a description, then 2-4 questions about it.
 
     Image-free LLaVA text cannot teach the LM to look things up in its context (the answers
@@ -114,6 +117,8 @@ def reading_document(scene: Scene, rng: np.random.Generator, short_share: float)
     """
     describe = (caption, detailed_description, shape_first_listing)[int(rng.integers(3))]
     description = describe(scene, rng)
+    if slots:  # the questions are about the scene's slots, as stage 2 asks about image tokens
+        description = IMAGE_PLACEHOLDER
     pairs = []
     for qa in [sample_question(list(SIMPLE.values()), scene, rng) for _ in range(int(rng.integers(2, 5)))]:
         if qa is not None:
@@ -122,12 +127,13 @@ def reading_document(scene: Scene, rng: np.random.Generator, short_share: float)
     turns = []
     for k, (q, a) in enumerate(pairs):
         turns += [{"from": "human", "value": f"{description}\n{q}" if k == 0 else q}, {"from": "gpt", "value": a}]
-    return get_template("vicuna_v1").render(from_llava_conversations(turns), add_generation_prompt=False)
+    rendered = get_template("vicuna_v1").render(from_llava_conversations(turns), add_generation_prompt=False)
+    return SceneDocument(rendered.text, rendered.target_spans, scene) if slots else rendered
 
 
 def train_documents(world: WorldFiles, reading_per_image: int = 1, facts_documents: int = 0,
                     reading_short_share: float = 0.4, instruct_share: float = 1.0,
-                    scene_slots: bool = False) -> list[RenderedPrompt]:
+                    scene_slots: bool = False, reading_slot_share: float = 0.0) -> list[RenderedPrompt]:
     """Captions as plain sentences, the instruction records as chats (a random `instruct_share` of
     them), reading documents and general-knowledge paragraphs about the attribute words
     (`llavakit.world.facts`). With `scene_slots` the captions and chats are `SceneDocument`s that
@@ -148,7 +154,9 @@ def train_documents(world: WorldFiles, reading_per_image: int = 1, facts_documen
     docs = captions + [chat_document(r, scene_of[r["image"]] if scene_slots else None) for r in instruct]
     for i, scene in enumerate(scenes):
         rng = np.random.default_rng([seed, TRAIN, i, 0, 2])
-        docs += [reading_document(scene, rng, reading_short_share) for _ in range(reading_per_image)]
+        for _ in range(reading_per_image):  # no draw at share 0: the documents stay as they were
+            by_slots = reading_slot_share > 0 and bool(rng.random() < reading_slot_share)
+            docs.append(reading_document(scene, rng, reading_short_share, slots=by_slots))
     facts_rng = np.random.default_rng([seed, TRAIN, 29])
     docs += [RenderedPrompt(fact_document(facts_rng)) for _ in range(facts_documents)]
     return docs
@@ -314,6 +322,8 @@ def save_language_model(model: LanguageModel, tokenizer, out_dir: str | Path) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:  # transformers' convention: a tied head is not stored
+        state.pop("lm_head.weight", None)
     atomic_save_safetensors(state, out_dir / "model.safetensors")
     save_tokenizer(tokenizer, out_dir)
     generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
@@ -332,7 +342,8 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 23])
     documents = train_documents(world, config.reading_per_image, config.facts_documents,
-                                config.reading_short_share, config.instruct_share, config.scene_slots)
+                                config.reading_short_share, config.instruct_share, config.scene_slots,
+                                config.reading_slot_share)
     documents = [documents[i] for i in rng.permutation(len(documents))]
     needed = config.steps * config.batch_size * config.block_size
     packed = pack(tokenizer, documents, config.block_size, max_tokens=int(needed * 1.1))
