@@ -47,7 +47,7 @@ from llavakit.world.facts import fact_document
 from llavakit.world.language import caption, detailed_description, shape_first_listing
 from llavakit.world.pretrain_vision import PretrainResult, lr_at, param_groups
 from llavakit.world.questions import SHORT_SUFFIX, SIMPLE, ask_presence, sample_question
-from llavakit.world.scenes import GRID, Scene, cell_name
+from llavakit.world.scenes import POSITIONS, Scene
 from llavakit.world.tokenizer import save_tokenizer
 
 
@@ -101,7 +101,7 @@ def chat_document(record: dict[str, Any], scene: Scene | None = None) -> Rendere
 
 def slot_texts(scene: Scene) -> list[str]:
     """What each scene slot sums, cell by cell in the tower's patch order (row-major)."""
-    cells = [f" {cell_name(*divmod(c, GRID))}" for c in range(GRID * GRID)]
+    cells = [f" {position}" for position in POSITIONS]
     for o in scene.objects:
         cells[o.cell] = f" {o.size} {o.colour} {o.shape} {o.position}"
     return cells
@@ -116,7 +116,7 @@ def reading_document(scene: Scene, rng: np.random.Generator, short_share: float,
     with image features in place of the description.
     """
     describe = (caption, detailed_description, shape_first_listing)[int(rng.integers(3))]
-    description = describe(scene, rng)
+    description = describe(scene, rng)  # drawn even with slots: the questions use the same draws
     if slots:  # the questions are about the scene's slots, as stage 2 asks about image tokens
         description = IMAGE_PLACEHOLDER
     pairs = []
@@ -180,7 +180,8 @@ class Packed:
     rows: [blocks, block_size + 1] token ids (inputs and next-token targets overlap by one);
     answers: [blocks, block_size] whether a target is a token of an assistant's answer;
     slot_index: [blocks, block_size + 1] the scene slot at each position (into `slot_words`), -1
-    for a word; slot_words: [slots, most words in a slot] the word ids each slot sums, -1 padded.
+    for a word; slot_words: [distinct slots, most words in a slot] the word ids each slot sums,
+    -1 padded.
     """
 
     rows: torch.Tensor
@@ -195,7 +196,7 @@ def pack(tokenizer, documents: list[RenderedPrompt], block_size: int, max_tokens
     collected."""
     eos = tokenizer.eos_token_id
     slot_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
-    word_ids: dict[str, list[int]] = {}
+    slot_row: dict[str, int] = {}  # each distinct slot text is tokenised and stored once
     stream: list[int] = []
     answers: list[bool] = []
     slots: list[int] = []
@@ -208,12 +209,12 @@ def pack(tokenizer, documents: list[RenderedPrompt], block_size: int, max_tokens
             for position, (token, (a, _)) in enumerate(zip(ids, offsets)):
                 if token == slot_id and scene is not None:
                     for text in slot_texts(scene):
-                        if text not in word_ids:
-                            word_ids[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
+                        if text not in slot_row:
+                            slot_row[text] = len(slot_words)
+                            slot_words.append(tokenizer(text, add_special_tokens=False)["input_ids"])
                         stream.append(slot_id)
                         answers.append(False)
-                        slots.append(len(slot_words))
-                        slot_words.append(word_ids[text])
+                        slots.append(slot_row[text])
                     continue
                 stream.append(token)
                 answers.append(position > 0 and any(s <= a < e for s, e in doc.target_spans))  # not BOS
