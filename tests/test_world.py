@@ -397,7 +397,8 @@ def test_language_folder_loads_with_llavakit_and_transformers(backbones) -> None
 
 
 def test_a_tied_language_model_saves_and_loads(tokenizer, tmp_path) -> None:
-    """With tie_embeddings the head is the embedding table, stored once, as transformers does."""
+    """With tie_embeddings the head is the embedding table, stored once, as transformers does; a
+    RoPE base other than Llama's reaches config.json, so llavakit and transformers rotate alike."""
     from safetensors.torch import load_file
     from transformers import LlamaForCausalLM
 
@@ -406,13 +407,15 @@ def test_a_tied_language_model_saves_and_loads(tokenizer, tmp_path) -> None:
     from llavakit.model.language import LanguageModel
     from llavakit.world.pretrain_lm import LMPretrainConfig, init_weights, save_language_model
 
-    config = LMPretrainConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, tie_embeddings=True)
+    config = LMPretrainConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, tie_embeddings=True,
+                              rope_theta=1e6)
     torch.manual_seed(0)
     model = LanguageModel(config.model_config(len(tokenizer))).eval()
     init_weights(model)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     folder = save_language_model(model, tokenizer, tmp_path / "tied")
     assert "lm_head.weight" not in load_file(str(folder / "model.safetensors"))
+    assert json.loads((folder / "config.json").read_text())["rope_theta"] == 1e6
     loaded = LanguageModel(language_from_hf(json.loads((folder / "config.json").read_text()), "config.json"))
     load_into(loaded, read_state_dict(weight_files(folder)), str(folder), optional=["lm_head.weight"])
     hf = LlamaForCausalLM.from_pretrained(str(folder)).eval()

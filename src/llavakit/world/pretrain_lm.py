@@ -71,13 +71,16 @@ class LMPretrainConfig:
     scene_slots: bool = False  # captions and instruction chats keep their image as scene slots
     reading_slot_share: float = 0.0  # share of reading documents that describe the scene by its slots
     tie_embeddings: bool = False  # the output head is the input embedding (a copy is then the identity)
+    # RoPE base. A larger base leaves more of each head's dimensions nearly unrotated over a
+    # prompt's length, free to match content (docs/embedded-model.md, "Lookups by place").
+    rope_theta: float = 10000.0
     eval_images: int = 300  # benchmark scenes whose documents measure held-out perplexity
 
     def model_config(self, vocab_size: int) -> LanguageConfig:
         return LanguageConfig(
             vocab_size=vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
             num_layers=self.num_layers, num_heads=self.num_heads, num_kv_heads=self.num_heads,
-            max_position_embeddings=self.max_position_embeddings, rms_norm_eps=1e-5, rope_theta=10000.0,
+            max_position_embeddings=self.max_position_embeddings, rms_norm_eps=1e-5, rope_theta=self.rope_theta,
             tie_word_embeddings=self.tie_embeddings, bos_token_id=1, eos_token_id=2, pad_token_id=3,
         )
 
