@@ -50,7 +50,7 @@ WORLD_VERSION = 3  # 2: the grounding style (list); 3: fewer long-answer records
 # The share of images that get a record of each style (the others always get one). Stage 2 is
 # bounded by CPU time, and the long-answer styles cost many tokens per answer the benchmark
 # asks about: with these shares the same 1 200 steps gave shape on multi-object images 49 %
-# instead of 20 % (docs/embedded-model.md, "The data mix").
+# instead of 20 % (docs/embedded-model-history.md, "The data mix").
 STYLE_SHARE = {"conv": 0.5, "detail": 0.25, "reason": 0.25, "mc": 0.25}
 IMAGE_DIR = "images"
 
