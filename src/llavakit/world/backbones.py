@@ -91,7 +91,7 @@ BUDGETS: dict[str, Budget] = {
                                   eval_images=300, facts_documents=30000, reading_per_image=3,
                                   reading_short_share=0.8, instruct_share=1.0, scene_slots=True),
         # Stage 2 is what the time goes to: the lookup of the asked object sharpens with updates
-        # (docs/embedded-model.md, "Binding"). Batches of 8 give four updates for the records of
+        # (docs/embedded-model-history.md, "Binding"). Batches of 8 give four updates for the records of
         # one batch of 32 at the same cost; over record orders they gave POPE F1 63 and shape 71
         # against 55 and 63 ("Smaller batches, more updates"). Sorting 256 records by length
         # before cutting them into batches keeps the padding near zero.

@@ -158,7 +158,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 # The grounding style: every object as a short list of attributes in an order the request names.
 # Each attribute is then predicted right after the token that identifies its object ("circle" ->
 # "red"), the one-step lookup into the image tokens that question answering builds on (see
-# docs/embedded-model.md, "Binding").
+# docs/embedded-model-history.md, "Binding").
 LISTING_REQUESTS = (
     ("List the objects: shape, then colour.", ("shape", "colour")),
     ("List the objects: colour, then shape.", ("colour", "shape")),
