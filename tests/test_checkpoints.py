@@ -150,6 +150,20 @@ def test_own_format_round_trip_with_shards(tmp_path, hf_model):
         assert torch.equal(tensor, again.state_dict()[key]), key
 
 
+def test_a_tied_head_is_written_once_and_re_tied_on_load(tmp_path, pixels):
+    """Both writers leave a head tied to the embeddings out of the file; loading ties it again."""
+    tied = hf_llava(seed=2, tie_word_embeddings=True)
+    tied.save_pretrained(tmp_path / "hf")
+    model = build_model(read_checkpoint(tmp_path / "hf"))
+    save_checkpoint(model, None, tmp_path / "ours")
+    export_llava_hf(model, None, tmp_path / "export")
+    for folder in ("ours", "export"):
+        assert "language_model.lm_head.weight" not in read_state_dict(weight_files(tmp_path / folder))
+        again = build_model(read_checkpoint(tmp_path / folder))
+        assert again.language_model.lm_head.weight is again.language_model.model.embed_tokens.weight
+        assert torch.equal(_logits(again, pixels), _logits(model, pixels)), folder
+
+
 def test_dtype_and_device_on_load(tmp_path, hf_model):
     hf_model.save_pretrained(tmp_path / "hf")
     model = build_model(read_checkpoint(tmp_path / "hf"), dtype=torch.bfloat16, device="cpu")

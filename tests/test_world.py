@@ -415,8 +415,9 @@ def test_a_tied_language_model_saves_and_loads(tokenizer, tmp_path) -> None:
     assert model.lm_head.weight is model.model.embed_tokens.weight
     folder = save_language_model(model, tokenizer, tmp_path / "tied")
     assert "lm_head.weight" not in load_file(str(folder / "model.safetensors"))
-    assert json.loads((folder / "config.json").read_text())["rope_theta"] == 1e6
-    loaded = LanguageModel(language_from_hf(json.loads((folder / "config.json").read_text()), "config.json"))
+    hf_config = json.loads((folder / "config.json").read_text())
+    assert hf_config["rope_theta"] == 1e6
+    loaded = LanguageModel(language_from_hf(hf_config, "config.json"))
     load_into(loaded, read_state_dict(weight_files(folder)), str(folder), optional=["lm_head.weight"])
     hf = LlamaForCausalLM.from_pretrained(str(folder)).eval()
     ids = torch.tensor([tokenizer("USER: What colour is the star? ASSISTANT: Red.</s>").input_ids])

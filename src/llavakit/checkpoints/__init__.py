@@ -18,6 +18,7 @@ from llavakit.checkpoints.io import (
     load_into,
     read_state_dict,
     weight_files,
+    without_tied_head,
     write_state_dict,
 )
 from llavakit.config import FORMAT_NAME, LlavaConfig
@@ -102,10 +103,7 @@ def build_model(checkpoint: Checkpoint, dtype: torch.dtype = torch.float32,
 
 
 def _own_state(model: LlavaModel) -> dict[str, torch.Tensor]:
-    state = model.state_dict()
-    if model.config.language.tie_word_embeddings:
-        state.pop("language_model.lm_head.weight", None)  # safetensors stores a shared tensor once
-    return state
+    return without_tied_head(model.state_dict(), model.config.language.tie_word_embeddings)
 
 
 def save_checkpoint(model: LlavaModel, tokenizer, directory: str | Path, max_shard_bytes: int = 5 * 2**30) -> Path:

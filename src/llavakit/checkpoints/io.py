@@ -85,6 +85,13 @@ def write_state_dict(state: dict[str, torch.Tensor], directory: Path, max_shard_
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+def without_tied_head(state: dict[str, torch.Tensor], tied: bool,
+                      head_key: str = "language_model.lm_head.weight") -> dict[str, torch.Tensor]:
+    """The state to write: a head tied to the input embeddings is left out (safetensors stores a
+    shared tensor once, and transformers' convention is not to store it; loaders re-tie it)."""
+    return {k: v for k, v in state.items() if k != head_key} if tied else state
+
+
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Write to a temporary file and rename, so an interrupted save never leaves a broken file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from llavakit.checkpoints.hf_configs import language_from_hf, language_to_hf, vision_from_hf, vision_to_hf
-from llavakit.checkpoints.io import CheckpointError, read_state_dict, weight_files, write_state_dict
+from llavakit.checkpoints.io import (
+    CheckpointError,
+    read_state_dict,
+    weight_files,
+    without_tied_head,
+    write_state_dict,
+)
 from llavakit.config import LlavaConfig, ProjectorConfig
 
 _SELECT = {"default": "patch", "full": "cls_patch"}
@@ -136,6 +142,5 @@ def write(directory: Path, config: LlavaConfig, state: dict[str, torch.Tensor]) 
     hf_config = config_to_hf(config)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    if config.language.tie_word_embeddings:
-        state = {k: v for k, v in state.items() if k != "language_model.lm_head.weight"}
+    state = without_tied_head(state, config.language.tie_word_embeddings)
     write_state_dict({key_to_hf(k): v for k, v in state.items()}, directory)

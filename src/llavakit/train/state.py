@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from llavakit.checkpoints.io import atomic_save_safetensors, write_state_dict
+from llavakit.checkpoints.io import atomic_save_safetensors, without_tied_head, write_state_dict
 from llavakit.config import LlavaConfig
 from llavakit.train.dist import DistContext, load_sharded, save_sharded
 
@@ -115,9 +115,7 @@ def save_full_output(output: Path, state: dict[str, torch.Tensor], config: Llava
                      dtype: torch.dtype) -> Path:
     """A complete llavakit checkpoint (what `checkpoints.save_checkpoint` writes), from a state dict."""
     output.mkdir(parents=True, exist_ok=True)
-    if config.language.tie_word_embeddings:
-        state = {k: v for k, v in state.items() if k != "language_model.lm_head.weight"}
-    write_state_dict(_cast(state, dtype), output)
+    write_state_dict(_cast(without_tied_head(state, config.language.tie_word_embeddings), dtype), output)
     if tokenizer is not None:
         tokenizer.save_pretrained(output)
     config.save(output / "config.json")  # last: a folder with a config is complete

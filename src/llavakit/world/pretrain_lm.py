@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from llavakit.checkpoints.hf_configs import language_to_hf
-from llavakit.checkpoints.io import atomic_save_safetensors
+from llavakit.checkpoints.io import atomic_save_safetensors, without_tied_head
 from llavakit.config import LanguageConfig
 from llavakit.conversation import IMAGE_PLACEHOLDER, RenderedPrompt, from_llava_conversations, get_template
 from llavakit.model.language import KVCache, LanguageModel
@@ -326,9 +326,8 @@ def save_language_model(model: LanguageModel, tokenizer, out_dir: str | Path) ->
     """A transformers LlamaForCausalLM folder: config.json, model.safetensors, tokenizer files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:  # transformers' convention: a tied head is not stored
-        state.pop("lm_head.weight", None)
+    state = without_tied_head({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                              model.config.tie_word_embeddings, head_key="lm_head.weight")
     atomic_save_safetensors(state, out_dir / "model.safetensors")
     save_tokenizer(tokenizer, out_dir)
     generation = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
