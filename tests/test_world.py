@@ -106,6 +106,38 @@ def test_files_are_valid_llava_json(world) -> None:
             _check_listing(r, scenes)
 
 
+def test_place_records_ask_about_objects_named_by_their_cell(world) -> None:
+    from llavakit.world.dataset import PLACE_RECORDS_PER_IMAGE
+
+    annotations = json.loads((world / "scenes_train.json").read_text())
+    scenes = {r["image"]: Scene.from_dict(r) for r in annotations}
+    place = json.loads((world / "place.json").read_text())
+    several = sum(len(s.objects) > 1 for s in scenes.values())
+    assert len(place) == PLACE_RECORDS_PER_IMAGE * several > 0
+    assert json.loads((world / "meta.json").read_text())["n_place"] == len(place)
+    assert len({r["id"] for r in place}) == len(place)
+    short = 0
+    for record in place:
+        _check_record(record, world / "images")
+        scene = scenes[record["image"]]
+        assert len(scene.objects) > 1
+        turns = record["conversations"]
+        for question, answer in zip([t["value"] for t in turns[::2]], [t["value"] for t in turns[1::2]]):
+            question = question.replace(IMAGE_PLACEHOLDER + "\n", "")
+            text = question.removesuffix(SHORT_SUFFIX)
+            (obj,) = [o for o in scene.objects if o.position == _position_in(text)]
+            asked = "colour" if "colour" in text else "shape"
+            assert _mentioned(text, COLOURS) == []  # named by the cell, never by the asked attribute
+            if asked == "shape":
+                assert _mentioned(text, SHAPES) == []
+            if question.endswith(SHORT_SUFFIX):
+                short += 1
+                assert answer == getattr(obj, asked)
+            else:
+                assert getattr(obj, asked) in answer and where(obj.position) in answer
+    assert 0.3 < short / sum(len(r["conversations"]) // 2 for r in place) < 0.7
+
+
 # ---- an independent reading of the questions, checked against the annotations -------------------
 
 def _mentioned(text: str, words) -> list[str]:
@@ -424,6 +456,39 @@ def test_a_tied_language_model_saves_and_loads(tokenizer, tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(ids), model(ids))
         torch.testing.assert_close(hf(ids).logits, model(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_the_projector_aligns_to_the_scene_slots(backbones, tmp_path) -> None:
+    """Stage 1 on the tiny backbones, then `align_projector`: its image tokens are the slots."""
+    from llavakit.train import load_recipe, train
+    from llavakit.world.align import align_projector, slot_targets
+    from llavakit.world.backbones import BUDGETS
+    from llavakit.world.pipeline import load_stage1
+
+    stage1 = tmp_path / "stage1"
+    train(load_recipe("tiny-world-stage1", [
+        f"model.language_model={backbones.language}", f"model.vision_tower={backbones.vision}",
+        f"data.image_folder={backbones.world / 'images'}", f"data.path={backbones.world / 'captions.json'}",
+        f"output.dir={stage1}", "output.progress=false", *BUDGETS["tiny"].stage1, "train.max_steps=5"]))
+    metrics = align_projector(stage1, backbones, tmp_path / "align", images=200, steps=300, lr=1e-2, progress=False)
+    assert metrics["held_out_unexplained"] < 0.3 and metrics["final_loss"] < metrics["first_loss"] / 10
+
+    annotations = json.loads((backbones.world / "scenes_train.json").read_text())[200:232]  # not fitted on
+    scenes = [Scene.from_dict(a) for a in annotations]
+    pixels = None
+    errors = {}
+    for name in ("stage1", "align"):
+        llava = load_stage1(tmp_path / name, backbones)
+        if pixels is None:
+            pixels = torch.stack(llava.image_processor([str(backbones.world / "images" / a["image"])
+                                                        for a in annotations]))
+            slots = slot_targets(scenes, llava.tokenizer, llava.model.language_model.model.embed_tokens.weight.detach())
+        with torch.no_grad():
+            tokens = llava.model.projector(llava.model.vision_features(pixels))
+        errors[name] = float(((tokens - slots) ** 2).sum() / ((slots - slots.mean((0, 1))) ** 2).sum())
+    assert errors["align"] < 0.3 and errors["stage1"] > 1.0, errors
+    summary = json.loads((tmp_path / "align" / "align_summary.json").read_text())
+    assert summary["images"] == 200 and summary["steps"] == 300
 
 
 def test_backbones_assemble_into_a_llava_model(backbones, tmp_path) -> None:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import llavakit
@@ -77,6 +78,34 @@ def test_portable_numerics_run_the_recipe_with_avx2_kernels(tmp_path) -> None:
                                    "ONEDNN_MAX_CPU_ISA": "AVX2"}
     assert summary["machine"]["cpu_capability"] == "AVX2" and summary["recipe"]["portable_numerics"] is True
     assert (tmp_path / "stage2" / "model.safetensors").is_file()
+
+
+def test_a_recipe_can_align_the_projector_to_the_slots_and_drill_places(tmp_path) -> None:
+    """The `tiny` budget fits the projector to the scene slots after stage 1 and freezes it in a
+    stage 2 that also trains on place.json."""
+    from safetensors.torch import load_file
+
+    assert main(["train", "tiny-world", "budget=tiny", f"output={tmp_path}", "progress=false", "threads=1",
+                 "eval_images=8"]) == 0
+    summary = json.loads((tmp_path / "tiny_world.json").read_text())
+    align = summary["training"]["align"]
+    assert align["images"] == 200 and align["held_out_unexplained"] < 1.0 and "align" in summary["timings_s"]
+    world = tmp_path / "backbones" / "world"
+    meta = json.loads((world / "meta.json").read_text())
+    data = json.loads((tmp_path / "stage2_data.json").read_text())
+    assert meta["n_place"] > 0 and len(data) == meta["n_instruct"] + meta["n_place"]
+    assert data[meta["n_instruct"]:] == json.loads((world / "place.json").read_text())
+    # Stage 2 started from the aligned projector and left it as it was.
+    aligned = load_file(str(tmp_path / "align" / "mm_projector.safetensors"))
+    final = load_file(str(tmp_path / "stage2" / "model.safetensors"))
+    for key, value in aligned.items():
+        assert torch.equal(final[key.replace("model.mm_projector.", "projector.")], value), key
+    stage1 = load_file(str(tmp_path / "stage1" / "mm_projector.safetensors"))
+    assert not all(torch.equal(stage1[k], v) for k, v in aligned.items())
+    # A rerun finds every step done.
+    assert main(["train", "tiny-world", "budget=tiny", f"output={tmp_path}", "progress=false", "threads=1",
+                 "eval_images=8"]) == 0
+    assert json.loads((tmp_path / "tiny_world.json").read_text())["timings_s"] == summary["timings_s"]
 
 
 def test_an_error_in_the_pinned_child_process_is_reported_cleanly(reduced_run, capfd) -> None:

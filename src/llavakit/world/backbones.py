@@ -47,6 +47,12 @@ class Budget:
     # recipes tiny-world-stage1 / tiny-world-stage2.
     stage1: tuple[str, ...] = ()
     stage2: tuple[str, ...] = ()
+    # Between the stages: fit the projector so that each image token is its cell's scene slot, on
+    # this many training images (llavakit.world.align; 0: stage 2 starts from stage 1's projector).
+    align_images: int = 0
+    align_steps: int = 1500
+    # Stage 2 trains on place.json's lookups by place as well as on instruct.json.
+    place_records: bool = False
     # Start LLaVA from the tower and LM shipped with the package (as LLaVA itself starts from CLIP
     # and Vicuna) instead of pretraining them: only the world is generated.
     shipped_backbones: bool = False
@@ -62,7 +68,11 @@ BUDGETS: dict[str, Budget] = {
                                   block_size=64, batch_size=8, steps=40, lr=3e-3, warmup_steps=5,
                                   eval_images=16, reading_per_image=1, scene_slots=True),
         stage1=("train.max_steps=40", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=5e-3"),
-        stage2=("train.max_steps=60", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=2e-3"),
+        # The projector aligned to the slots, then frozen, with the place drills: as in the
+        # experiments of docs/embedded-model.md, "Lookups by place" (the tests run this path here).
+        align_images=200, align_steps=100, place_records=True,
+        stage2=("train.max_steps=60", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=2e-3",
+                "train.trainable=[language_model]"),
     ),
     # The reduced recipe the test suite retrains: a smaller world and short LLaVA stages on the
     # shipped tower and LM (under 2 minutes on one core; docs/embedded-model.md, "Budgets").

@@ -38,11 +38,10 @@ def _limits(final: dict[str, Any], portable: bool) -> list[str]:
     lines = [
         f"- **Reliable** (≥ {RELIABLE:g} %): {', '.join(strong) or 'nothing'}. **Not reliable**: "
         f"{', '.join(weak) or 'nothing'}.",
-        "- About one of several objects it must bind an attribute to the object the question names.",
-        "  It does when the question names the object by another attribute (\"the red object\"), but",
-        "  not when it names it by its place (\"the object at the top left\"): it does not read places.",
-        "  Targets set for it and not met: " + (", ".join(missed) or "none") + "; docs/embedded-model.md",
-        "  has the experiments.",
+        "- About one of several objects it must first find the object the question names, by another",
+        "  attribute (\"the red object\") or by its place (\"the object at the top left\");",
+        "  docs/embedded-model.md has the scores by kind of question and by object count.",
+        "- Targets set for it and not met: " + (", ".join(missed) or "none") + ".",
     ]
     if portable:
         lines += [
@@ -93,7 +92,14 @@ def model_card(summary: dict[str, Any]) -> str:
         "   of the word embeddings that name the cell. Both are shipped in `backbones/`: the reduced",
         "   recipe (`budget=small`) starts LLaVA from them.",
         "3. **LLaVA stage 1**: the mlp2x_gelu projector alone, on the captions (plain template).",
-        "4. **LLaVA stage 2**: projector and LM, on the instructions (vicuna_v1 template); the tower stays frozen.",
+        *([
+            "   Then the projector is fitted by least squares so that each image token is its cell's scene",
+            "   slot (`llavakit.world.align`), and stays frozen.",
+            "4. **LLaVA stage 2**: the LM, on the instructions and on questions that name an object by its",
+            "   place (vicuna_v1 template); the tower and the aligned projector stay frozen.",
+        ] if "align" in training else [
+            "4. **LLaVA stage 2**: projector and LM, on the instructions (vicuna_v1 template); the tower stays frozen.",
+        ]),
         "",
         "| step | seconds |",
         "| --- | ---: |",

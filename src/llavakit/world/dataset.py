@@ -7,6 +7,7 @@ Layout of `out_dir` (the image folder for every "image" field is `out_dir/images
     scenes_train.json, scenes_bench.json   annotations: [{"id", "image", "objects": [...], ...}]
     captions.json      stage-1 alignment data (LLaVA pretraining format, one record per image)
     instruct.json      stage-2 instruction data (LLaVA-Instruct format, several records per image)
+    place.json         stage-2 drills of the lookup by place (same format; images of 2+ objects)
     bench.jsonl        benchmark questions, one JSON object a line
     meta.json          seed, counts, image size and the world's vocabulary
 """
@@ -37,15 +38,20 @@ from llavakit.world.questions import (
     REASONING,
     SHORT_SUFFIX,
     SIMPLE,
+    ask_by_place,
     ask_count,
     ask_presence,
     multiple_choice,
+    pick,
     sample_question,
 )
 from llavakit.world.scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render, sample_scene, scene_rng
 
 TRAIN, BENCH = 0, 1  # split codes, part of every random stream's key
-WORLD_VERSION = 3  # 2: the grounding style (list); 3: fewer long-answer records (STYLE_SHARE)
+WORLD_VERSION = 4  # 2: the grounding style (list); 3: fewer long-answer records (STYLE_SHARE); 4: place.json
+# Records of place.json per training image of two or more objects (docs/embedded-model.md,
+# "Lookups by place": with three per image beside instruct.json stage 2 learns the lookup).
+PLACE_RECORDS_PER_IMAGE = 3
 
 # The share of images that get a record of each style (the others always get one). Stage 2 is
 # bounded by CPU time, and the long-answer styles cost many tokens per answer the benchmark
@@ -74,6 +80,10 @@ class WorldFiles:
         return self.root / "instruct.json"
 
     @property
+    def place(self) -> Path:
+        return self.root / "place.json"
+
+    @property
     def bench(self) -> Path:
         return self.root / "bench.jsonl"
 
@@ -86,9 +96,10 @@ class WorldFiles:
         return self.root / f"scenes_{split}.json"
 
 
-def text_rng(seed: int, split: int, index: int) -> np.random.Generator:
-    """The stream for an image's text, separate from its scene's so changing text keeps pixels."""
-    return np.random.default_rng([seed, split, index, 0, 1])
+def text_rng(seed: int, split: int, index: int, stream: int = 1) -> np.random.Generator:
+    """The stream for an image's text, separate from its scene's so changing text keeps pixels;
+    another `stream` gives text that leaves the other streams' draws (and files) as they were."""
+    return np.random.default_rng([seed, split, index, 0, stream])
 
 
 def generate_scenes(seed: int, n_train: int, n_bench: int, image_size: int = 96) -> tuple[list[Scene], list[Scene]]:
@@ -180,6 +191,27 @@ def instruct_records(scene: Scene, rng: np.random.Generator, image: str, rid: st
     return [record for (style, record), u in zip(records, keep) if u < STYLE_SHARE.get(style, 1.0)]
 
 
+def place_records(scene: Scene, rng: np.random.Generator, image: str, rid: str) -> list[dict[str, Any]]:
+    """`PLACE_RECORDS_PER_IMAGE` chats for a scene of two or more objects (none for one object),
+    each asking the colour or shape of up to three of its objects named by their cell alone,
+    half as short answers and half as sentences.
+
+    In instruct.json such questions are a small share of the lookups, and stage 2 learns the
+    lookup by attribute but not this one (docs/embedded-model.md, "Lookups by place").
+    """
+    if len(scene.objects) < 2:
+        return []
+    records = []
+    for k in range(PLACE_RECORDS_PER_IMAGE):
+        order = rng.permutation(len(scene.objects))[:3]
+        pairs = []
+        for i in order:
+            qa = ask_by_place(scene.objects[int(i)], pick(rng, ("colour", "shape")), rng)
+            pairs.append((qa.question + SHORT_SUFFIX, qa.short) if rng.random() < 0.5 else (qa.question, qa.long))
+        records.append({"id": f"{rid}-place{k}", "image": image, "conversations": _turns(pairs, rng)})
+    return records
+
+
 def bench_questions(scene: Scene, rng: np.random.Generator, image: str, index: int) -> list[dict[str, Any]]:
     """Seven questions per benchmark image: short colour/shape/count/position, one multiple
     choice, and one positive and one negative presence question (random or adversarial)."""
@@ -230,7 +262,7 @@ def write_world(out_dir: str | Path, seed: int, n_train_images: int, n_bench_ima
     """Generate and write the whole world (see the module docstring for the layout)."""
     files = WorldFiles(Path(out_dir))
     train, bench = generate_scenes(seed, n_train_images, n_bench_images, image_size)
-    captions, instruct, questions = [], [], []
+    captions, instruct, place, questions = [], [], [], []
     for split, name, scenes in ((TRAIN, "train", train), (BENCH, "bench", bench)):
         folder = files.image_folder / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -244,15 +276,17 @@ def write_world(out_dir: str | Path, seed: int, n_train_images: int, n_bench_ima
             if split == TRAIN:
                 captions.append(caption_record(scene, rng, image, rid))
                 instruct += instruct_records(scene, rng, image, rid)
+                place += place_records(scene, text_rng(seed, split, i, stream=2), image, rid)
             else:
                 questions += bench_questions(scene, rng, image, i)
         _dump(annotations, files.scenes(name))
     _dump(captions, files.captions)
     _dump(instruct, files.instruct)
+    _dump(place, files.place)
     files.bench.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions))
     meta = {"world_version": WORLD_VERSION, "seed": seed, "image_size": image_size, "image_folder": IMAGE_DIR,
             "n_train_images": n_train_images, "n_bench_images": n_bench_images,
-            "n_captions": len(captions), "n_instruct": len(instruct), "n_bench_questions": len(questions),
+            "n_captions": len(captions), "n_instruct": len(instruct), "n_place": len(place), "n_bench_questions": len(questions),
             "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES), "positions": list(POSITIONS),
             "short_suffix": SHORT_SUFFIX, "mc_suffix": MC_SUFFIX}
     files.meta.write_text(json.dumps(meta, indent=2) + "\n")

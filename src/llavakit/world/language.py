@@ -94,6 +94,12 @@ def _matches(obj: WorldObject, other: WorldObject, keys: tuple[str, ...]) -> boo
     return all(getattr(obj, k) == getattr(other, k) for k in keys)
 
 
+def place_reference(obj: WorldObject, hide: str | None = None) -> str:
+    """The object named by its cell: 'the circle at the top left' ('the object ...' when the shape is hidden)."""
+    noun = "object" if hide == "shape" else obj.shape
+    return f"the {noun} {where(obj.position)}"
+
+
 def refer(obj: WorldObject, scene: Scene, hide: str | None = None, rng: np.random.Generator | None = None) -> str | None:
     """A definite description that picks out `obj` alone without mentioning `hide`.
 
@@ -110,8 +116,7 @@ def refer(obj: WorldObject, scene: Scene, hide: str | None = None, rng: np.rando
         return None
     keys = options[0] if rng is None or rng.random() < 0.6 else options[int(rng.integers(len(options)))]
     if keys == ("position",):
-        noun = "object" if hide == "shape" else obj.shape
-        return f"the {noun} {where(obj.position)}"
+        return place_reference(obj, hide)
     words = [getattr(obj, k) for k in ("size", "colour") if k in keys]
     noun = obj.shape if "shape" in keys else "object"
     return "the " + " ".join([*words, noun])

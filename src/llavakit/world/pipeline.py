@@ -4,7 +4,10 @@
 
 1. the backbones (world, tokenizer, CLIP-style tower, Llama-style LM: `world.backbones`);
 2. LLaVA stage 1, the packaged recipe `tiny-world-stage1` (projector only, captions, plain template);
-3. LLaVA stage 2, `tiny-world-stage2` (projector + LM, instructions, vicuna_v1);
+   then, where the budget says so, the projector aligned to the LM's scene slots (`world.align`);
+3. LLaVA stage 2, `tiny-world-stage2` (projector + LM, or the LM alone where the budget freezes the
+   aligned projector; instructions, with the place drills of `place.json` where the budget says so;
+   vicuna_v1);
 4. the held-out benchmark (`llavakit eval`'s `tiny-world`) for the final model and for the
    stage-1-only baseline (the stage-1 projector on the base LM).
 
@@ -32,7 +35,9 @@ from typing import Any
 
 import torch
 
+from llavakit.world.align import align_projector
 from llavakit.world.backbones import BUDGETS, BackbonePaths, pretrain_backbones
+from llavakit.world.dataset import WorldFiles
 
 PIPELINE_KEY = "tiny-world"  # the `pipeline:` value that marks a world recipe file
 
@@ -178,14 +183,13 @@ def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
         common = [f"model.language_model={paths.language}", f"model.vision_tower={paths.vision}",
                   f"data.image_folder={paths.world / 'images'}", f"train.seed={recipe.seed}",
                   f"output.progress={str(recipe.progress).lower()}", f"cache.dir={out / 'feature_cache'}"]
-        stage1, stage2 = out / "stage1", out / "stage2"
+        world = WorldFiles(paths.world)
+        stage1, aligned, stage2 = out / "stage1", out / "align", out / "stage2"
         summaries = summary.setdefault("training", {})
-        for name, data, folder, more in (
-            ("stage1", paths.world / "captions.json", stage1, budget.stage1),
-            ("stage2", paths.world / "instruct.json", stage2, (f"model.projector_from={stage1}", *budget.stage2)),
-        ):
+
+        def run_stage(name: str, data: Path, folder: Path, more: tuple[str, ...]) -> None:
             if (folder / "train_summary.json").exists() and name in summaries:
-                continue
+                return
             stage_recipe = load_recipe(f"tiny-world-{name}", [
                 *common, f"data.path={data}", f"output.dir={folder}", *more])
             t0 = time.perf_counter()
@@ -194,6 +198,27 @@ def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
             summaries[name] = {k: result.get(k) for k in ("steps", "final_loss", "seconds", "records",
                                                           "tokens_per_second", "skipped_total")}
             save()
+
+        run_stage("stage1", world.captions, stage1, budget.stage1)
+        start = stage1
+        if budget.align_images:
+            if not (aligned / "align_summary.json").exists() or "align" not in summaries:
+                t0 = time.perf_counter()
+                summaries["align"] = align_projector(stage1, paths, aligned, images=budget.align_images,
+                                                     steps=budget.align_steps, seed=recipe.seed,
+                                                     progress=recipe.progress)
+                timings["align"] = round(time.perf_counter() - t0, 2)
+                save()
+            start = aligned
+        stage2_data = world.instruct
+        if budget.place_records:  # instruct.json and place.json in one file, as data.path takes one
+            stage2_data = out / "stage2_data.json"
+            if not stage2_data.exists():
+                records = json.loads(world.instruct.read_text()) + json.loads(world.place.read_text())
+                partial = stage2_data.with_suffix(".partial")  # whole or absent, for a rerun
+                partial.write_text(json.dumps(records, ensure_ascii=False) + "\n")
+                partial.replace(stage2_data)
+        run_stage("stage2", stage2_data, stage2, (f"model.projector_from={start}", *budget.stage2))
 
         scores = summary.setdefault("scores", {})
         for name, make in (("final", lambda: _load(stage2)), ("stage1_only", lambda: load_stage1(stage1, paths))):

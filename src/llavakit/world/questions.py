@@ -19,6 +19,7 @@ from llavakit.world.language import (
     count_phrase,
     join_list,
     noun_phrase,
+    place_reference,
     plural,
     refer,
     there_is,
@@ -50,22 +51,34 @@ def _pick_object(scene: Scene, rng: np.random.Generator) -> WorldObject:
     return pick(rng, scene.objects)
 
 
+def _colour_of(obj: WorldObject, ref: str, rng: np.random.Generator) -> QA:
+    q = pick(rng, (f"What colour is {ref}?", f"What is the colour of {ref}?", f"Which colour does {ref} have?"))
+    return QA("colour", q, obj.colour, f"{capitalise(ref)} is {obj.colour}.", tuple(COLOURS))
+
+
+def _shape_of(obj: WorldObject, ref: str, rng: np.random.Generator) -> QA:
+    q = pick(rng, (f"What shape is {ref}?", f"What kind of shape is {ref}?", f"Which shape is {ref}?"))
+    return QA("shape", q, obj.shape, f"{capitalise(ref)} is {article(obj.shape)}.", SHAPES)
+
+
 def ask_colour(scene: Scene, rng: np.random.Generator) -> QA | None:
     obj = _pick_object(scene, rng)
     ref = refer(obj, scene, hide="colour", rng=rng)
-    if ref is None:
-        return None
-    q = pick(rng, (f"What colour is {ref}?", f"What is the colour of {ref}?", f"Which colour does {ref} have?"))
-    return QA("colour", q, obj.colour, f"{capitalise(ref)} is {obj.colour}.", tuple(COLOURS))
+    return None if ref is None else _colour_of(obj, ref, rng)
 
 
 def ask_shape(scene: Scene, rng: np.random.Generator) -> QA | None:
     obj = _pick_object(scene, rng)
     ref = refer(obj, scene, hide="shape", rng=rng)
-    if ref is None:
-        return None
-    q = pick(rng, (f"What shape is {ref}?", f"What kind of shape is {ref}?", f"Which shape is {ref}?"))
-    return QA("shape", q, obj.shape, f"{capitalise(ref)} is {article(obj.shape)}.", SHAPES)
+    return None if ref is None else _shape_of(obj, ref, rng)
+
+
+def ask_by_place(obj: WorldObject, category: str, rng: np.random.Generator) -> QA:
+    """The colour or shape of `obj`, named by its cell alone (a cell holds one object, so the
+    reference is always unique): the lookup that stage 2's place records drill."""
+    if category == "colour":
+        return _colour_of(obj, place_reference(obj, hide="colour"), rng)
+    return _shape_of(obj, place_reference(obj, hide="shape"), rng)
 
 
 def ask_size(scene: Scene, rng: np.random.Generator) -> QA | None:
