@@ -49,8 +49,8 @@ from llavakit.world.scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, rend
 
 TRAIN, BENCH = 0, 1  # split codes, part of every random stream's key
 WORLD_VERSION = 4  # 2: the grounding style (list); 3: fewer long-answer records (STYLE_SHARE); 4: place.json
-# Records of place.json per training image of two or more objects (docs/embedded-model.md,
-# "Lookups by place": with three per image beside instruct.json stage 2 learns the lookup).
+# Records of place.json per training image of two or more objects: with three per image beside
+# instruct.json, stage 2 learnt the lookup by place (docs/embedded-model.md, "Lookups by place, learnt").
 PLACE_RECORDS_PER_IMAGE = 3
 
 # The share of images that get a record of each style (the others always get one). Stage 2 is
@@ -196,8 +196,8 @@ def place_records(scene: Scene, rng: np.random.Generator, image: str, rid: str) 
     each asking the colour or shape of up to three of its objects named by their cell alone,
     half as short answers and half as sentences.
 
-    In instruct.json such questions are a small share of the lookups, and stage 2 learns the
-    lookup by attribute but not this one (docs/embedded-model.md, "Lookups by place").
+    In instruct.json such questions are a small share of the lookups, and with them alone stage 2
+    learns the lookup by attribute but not this one (docs/embedded-model.md, "Lookups by place").
     """
     if len(scene.objects) < 2:
         return []
