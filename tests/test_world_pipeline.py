@@ -85,6 +85,8 @@ def test_a_recipe_can_align_the_projector_to_the_slots_and_drill_places(tmp_path
     stage 2 that also trains on place.json."""
     from safetensors.torch import load_file
 
+    from llavakit.world.card import model_card
+
     assert main(["train", "tiny-world", "budget=tiny", f"output={tmp_path}", "progress=false", "threads=1",
                  "eval_images=8"]) == 0
     summary = json.loads((tmp_path / "tiny_world.json").read_text())
@@ -102,6 +104,8 @@ def test_a_recipe_can_align_the_projector_to_the_slots_and_drill_places(tmp_path
         assert torch.equal(final[key.replace("model.mm_projector.", "projector.")], value), key
     stage1 = load_file(str(tmp_path / "stage1" / "mm_projector.safetensors"))
     assert not all(torch.equal(stage1[k], v) for k, v in aligned.items())
+    card = model_card(summary)
+    assert "fitted by least squares" in card and "| align |" in card
     # A rerun finds every step done.
     assert main(["train", "tiny-world", "budget=tiny", f"output={tmp_path}", "progress=false", "threads=1",
                  "eval_images=8"]) == 0

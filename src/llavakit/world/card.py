@@ -94,9 +94,10 @@ def model_card(summary: dict[str, Any]) -> str:
         "3. **LLaVA stage 1**: the mlp2x_gelu projector alone, on the captions (plain template).",
         *([
             "   Then the projector is fitted by least squares so that each image token is its cell's scene",
-            "   slot (`llavakit.world.align`), and stays frozen.",
-            "4. **LLaVA stage 2**: the LM, on the instructions and on questions that name an object by its",
-            "   place (vicuna_v1 template); the tower and the aligned projector stay frozen.",
+            "   slot (`llavakit.world.align`).",
+            "4. **LLaVA stage 2**: from the aligned projector, on the instructions and, where the budget adds",
+            "   them, questions that name an object by its place (vicuna_v1 template); the tower stays frozen,",
+            "   and the projector too where the budget's stage 2 trains the LM alone.",
         ] if "align" in training else [
             "4. **LLaVA stage 2**: projector and LM, on the instructions (vicuna_v1 template); the tower stays frozen.",
         ]),
