@@ -7,7 +7,7 @@ cell. Here the projector is fitted by least squares, from the stage-1 weights, s
 token is its cell's slot: the world knows every image's scene, so the target of every token is
 known. Stage 2 then trains the LM with this projector frozen, and the place words in the tokens
 are what it finds an object by when a question names the object's place (docs/embedded-model.md,
-"Lookups by place").
+"Lookups by place, learnt").
 """
 
 from __future__ import annotations
