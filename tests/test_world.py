@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -356,6 +357,60 @@ def test_scene_slots_carry_each_cell_into_the_lm(world, tokenizer) -> None:
             else:
                 torch.testing.assert_close(embeds[b, t], table[rows[b, t]])
 
+
+
+def test_the_copy_path_and_the_slot_word_loss(world, tokenizer) -> None:
+    """`copy_init` starts the LM with a path that raises the logits of the words in its context;
+    `slot_word_nll` is low exactly when each slot's position names its own words."""
+    from llavakit.model.language import LanguageModel
+    from llavakit.world.dataset import WorldFiles
+    from llavakit.world.pretrain_lm import (
+        LMPretrainConfig,
+        init_copy_path,
+        init_weights,
+        pack,
+        slot_embeddings,
+        slot_word_nll,
+        train_documents,
+    )
+
+    config = LMPretrainConfig(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2)
+    ids = tokenizer(" red circle top left", add_special_tokens=False).input_ids
+    context = torch.tensor([[1, *ids, *tokenizer(" and then", add_special_tokens=False).input_ids]])
+    rank_of_context_words = {}
+    for copy in (0.0, 0.05):
+        torch.manual_seed(0)
+        model = LanguageModel(config.model_config(len(tokenizer))).eval()
+        init_weights(model)
+        if copy:
+            init_copy_path(model, copy)
+            assert model.lm_head.weight is not model.model.embed_tokens.weight  # a copy, not tied
+        with torch.no_grad():
+            last = model(context)[0, -1]
+        ranks = (last[None, :] > last[ids][:, None]).sum(1)  # 0: the top logit
+        rank_of_context_words[copy] = float(ranks.float().mean())
+    # Among about 800 words: near the top with the copy path, around the middle without it.
+    vocab = len(tokenizer)
+    assert rank_of_context_words[0.05] < vocab / 20 < vocab / 4 < rank_of_context_words[0.0], rank_of_context_words
+    with pytest.raises(ValueError, match="head_dim"):
+        init_copy_path(LanguageModel(LMPretrainConfig(hidden_size=32, num_heads=3).model_config(len(tokenizer))), 0.1)
+
+    packed = pack(tokenizer, train_documents(WorldFiles(world), scene_slots=True)[:4], block_size=64)
+    rows, where = packed.rows[:1, :-1], packed.slot_index[:1, :-1]
+    assert (where >= 0).sum() >= 9  # the first caption's nine slots at least
+    knowing = torch.full((1, rows.shape[1], vocab), -20.0)  # each slot's logits favour its own words
+    for t in range(rows.shape[1]):
+        if where[0, t] >= 0:
+            words = [w for w in packed.slot_words[where[0, t]].tolist() if w >= 0]
+            knowing[0, t, words] = 0.0
+    ignorant = torch.zeros(1, rows.shape[1], vocab)
+    assert float(slot_word_nll(knowing, where, packed.slot_words)) < 2.0
+    assert float(slot_word_nll(ignorant, where, packed.slot_words)) == pytest.approx(math.log(vocab), rel=1e-4)
+    # Through a model the loss reaches the embeddings that the slots sum.
+    model = LanguageModel(config.model_config(vocab))
+    logits = model(inputs_embeds=slot_embeddings(model, rows, where, packed.slot_words))
+    slot_word_nll(logits, where, packed.slot_words).backward()
+    assert model.model.embed_tokens.weight.grad.abs().sum() > 0
 
 # ---- backbones ------------------------------------------------------------------------------------
 

@@ -71,6 +71,12 @@ class LMPretrainConfig:
     scene_slots: bool = False  # captions and instruction chats keep their image as scene slots
     reading_slot_share: float = 0.0  # share of reading documents that describe the scene by its slots
     tie_embeddings: bool = False  # the output head is the input embedding (a copy is then the identity)
+    # Two ways out of the reading plateau (docs/embedded-model.md, "A copy path from the start"):
+    # start with a path that copies a context word to the output (`copy_init` is the scale of
+    # each layer's identity output projection; 0: none), and ask every slot to name its own words
+    # through the output head (`slot_word_loss` is that loss's weight; 0: none).
+    copy_init: float = 0.0
+    slot_word_loss: float = 0.0
     # RoPE base (Llama's 10 000). A larger one leaves more of each head's dimensions nearly
     # unrotated over a prompt; 1e6 ended the reading probe's plateau sooner but made the whole
     # recipe worse on two seeds (docs/embedded-model.md, "Lookups by place").
@@ -266,6 +272,31 @@ def init_weights(model: LanguageModel, std: float = 0.02) -> None:
             torch.nn.init.normal_(p, 0.0, scaled if name.endswith(("o_proj.weight", "down_proj.weight")) else std)
 
 
+def init_copy_path(model: LanguageModel, scale: float) -> None:
+    """A path that copies context words to the output from step 0: the output head starts as the
+    input embeddings (still a separate matrix), each value projection as the identity and each
+    output projection as `scale` times it, so attention to a word raises that word's logit."""
+    config = model.config
+    width = config.hidden_size
+    if config.num_heads * config.head_dim != width or config.num_kv_heads != config.num_heads:
+        raise ValueError("copy_init needs num_heads * head_dim == hidden_size and no grouped keys")
+    with torch.no_grad():
+        model.lm_head.weight.copy_(model.model.embed_tokens.weight)
+        for layer in model.model.layers:
+            layer.self_attn.v_proj.weight.copy_(torch.eye(width))
+            layer.self_attn.o_proj.weight.copy_(scale * torch.eye(width))
+
+
+def slot_word_nll(logits: torch.Tensor, slot_index: torch.Tensor, slot_words: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of each slot's own words under the logits at its position:
+    the slot must be readable by the output head where it stands."""
+    where = slot_index >= 0
+    words = slot_words[slot_index[where].long()]
+    valid = words >= 0
+    log_probs = torch.log_softmax(logits[where].float(), -1).gather(1, words.clamp(min=0))
+    return -(log_probs * valid).sum() / valid.sum().clamp(min=1)
+
+
 def lm_loss(model: LanguageModel, rows: torch.Tensor, weights: torch.Tensor | None = None,
             inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token loss, weighted per target when `weights` is given."""
@@ -355,6 +386,8 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
 
     model = LanguageModel(config.model_config(len(tokenizer)))
     init_weights(model)
+    if config.copy_init:
+        init_copy_path(model, config.copy_init)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95))
     losses: list[float] = []
     order, cursor = rng.permutation(len(blocks)), 0
@@ -371,7 +404,12 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
         if with_slots:  # a slot is an input only: never a target
             slot_index = packed.slot_index[picked]
             embeds = slot_embeddings(model, rows[:, :-1], slot_index[:, :-1], packed.slot_words)
-            loss = lm_loss(model, rows, (slot_index[:, 1:] < 0).float(), inputs_embeds=embeds)
+            logits = model(inputs_embeds=embeds)
+            keep = (slot_index[:, 1:] < 0).flatten().float()
+            nll = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none")
+            loss = (nll * keep).sum() / keep.sum()
+            if config.slot_word_loss:
+                loss = loss + config.slot_word_loss * slot_word_nll(logits, slot_index[:, :-1], packed.slot_words)
         else:
             loss = lm_loss(model, rows)
         optimizer.zero_grad(set_to_none=True)
