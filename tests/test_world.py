@@ -544,6 +544,20 @@ def test_the_projector_aligns_to_the_scene_slots(backbones, tmp_path) -> None:
     assert errors["align"] < 0.3 and errors["stage1"] > 1.0, errors
     summary = json.loads((tmp_path / "align" / "align_summary.json").read_text())
     assert summary["images"] == 200 and summary["steps"] == 300
+    # Stage 1 cached the tower's features of every training image: alignment reads them back,
+    # and they are the tower's own; images the cache lacks are computed.
+    from llavakit.world.align import tower_features
+
+    files = [str(backbones.world / "images" / a["image"]) for a in annotations]
+    with torch.no_grad():
+        computed = llava.model.vision_features(pixels)
+    tower = llava.model.vision_features
+    llava.model.vision_features = None  # the tower must not run: every image is cached
+    cached = tower_features(llava, files, stage1 / "feature_cache")
+    llava.model.vision_features = tower
+    torch.testing.assert_close(cached, computed, atol=1e-5, rtol=1e-4)
+    elsewhere = tower_features(llava, files, tmp_path / "no-cache-here")
+    torch.testing.assert_close(elsewhere, cached, atol=1e-5, rtol=1e-4)
 
 
 def test_backbones_assemble_into_a_llava_model(backbones, tmp_path) -> None:

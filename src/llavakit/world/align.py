@@ -41,14 +41,37 @@ def slot_targets(scenes: list[Scene], tokenizer: Any, embeddings: torch.Tensor) 
     return torch.stack(rows)
 
 
+def tower_features(llava: Any, files: list[str], feature_cache: str | Path | None = None,
+                   progress: bool = False) -> torch.Tensor:
+    """(images, tokens, width) tower features of `files`, from a stage's feature cache where it
+    holds them (float32 or float16, as that stage stored them), else computed."""
+    from llavakit.train.cache import OK, FeatureCache, cache_key
+
+    model = llava.model
+    caches = [FeatureCache(Path(feature_cache) / cache_key(model, llava.image_processor, dtype))
+              for dtype in ("float32", "float16")] if feature_cache else []
+    caches = [c for c in caches if c.directory.is_dir()]
+    features = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(files), 256), desc="align: tower features", disable=not progress, leave=False):
+            batch = files[i:i + 256]
+            cache = next((c for c in caches if all(c.status(f) == OK for f in batch)), None)
+            if cache is not None:
+                features.append(torch.stack([cache.preprocess(f) for f in batch]))
+            else:
+                features.append(model.vision_features(torch.stack(llava.image_processor(batch))))
+    return torch.cat(features)
+
+
 def align_projector(stage1: str | Path, backbones: BackbonePaths, output: str | Path, *, images: int = 8000,
                     steps: int = 1500, batch_size: int = 4096, lr: float = 3e-3, seed: int = 0,
-                    progress: bool = True) -> dict[str, Any]:
+                    feature_cache: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Fit the stage-1 projector so that each image token is its cell's slot; write it to `output`
     in stage 1's format (so `model.projector_from` and `load_projector_only` read it).
 
     Uses the first `images` training images; the last tenth of their tokens are held out for the
-    reported `held_out_unexplained` (1 - R², 0 when every token is its slot exactly).
+    reported `held_out_unexplained` (1 - R², 0 when every token is its slot exactly). Tower
+    features that stage 1 cached under `feature_cache` (its `cache.dir`) are read, not recomputed.
     """
     from llavakit.world.pipeline import load_stage1
 
@@ -61,13 +84,7 @@ def align_projector(stage1: str | Path, backbones: BackbonePaths, output: str | 
     if not scenes:
         raise ValueError(f"{world.scenes('train')} has no training scenes to align the projector on")
     embeddings = model.language_model.model.embed_tokens.weight.detach()
-    features = []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(scenes), 256), desc="align: tower features", disable=not progress, leave=False):
-            files = [str(world.image_folder / a["image"]) for a in annotations[i:i + 256]]
-            pixels = torch.stack(llava.image_processor(files))
-            features.append(model.vision_features(pixels))
-    x = torch.cat(features)
+    x = tower_features(llava, [str(world.image_folder / a["image"]) for a in annotations], feature_cache, progress)
     cells = x.shape[1]
     targets = slot_targets(scenes, llava.tokenizer, embeddings)
     if targets.shape[1] != cells:

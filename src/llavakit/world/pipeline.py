@@ -206,7 +206,7 @@ def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
                 t0 = time.perf_counter()
                 summaries["align"] = align_projector(stage1, paths, aligned, images=budget.align_images,
                                                      steps=budget.align_steps, seed=recipe.seed,
-                                                     progress=recipe.progress)
+                                                     feature_cache=out / "feature_cache", progress=recipe.progress)
                 timings["align"] = round(time.perf_counter() - t0, 2)
                 save()
             start = aligned
