@@ -107,36 +107,53 @@ def test_files_are_valid_llava_json(world) -> None:
             _check_listing(r, scenes)
 
 
-def test_place_records_ask_about_objects_named_by_their_cell(world) -> None:
-    from llavakit.world.dataset import PLACE_RECORDS_PER_IMAGE
+def test_lookup_records_ask_colours_shapes_and_presence(world) -> None:
+    """lookups.json: per image of 2+ objects, chats that ask the colour or shape of objects named
+    by their cell alone or by a description without the asked attribute, and one presence
+    question each; every answer follows from the annotations."""
+    from llavakit.world.dataset import LOOKUP_RECORDS_PER_IMAGE
 
     annotations = json.loads((world / "scenes_train.json").read_text())
     scenes = {r["image"]: Scene.from_dict(r) for r in annotations}
-    place = json.loads((world / "place.json").read_text())
+    lookups = json.loads((world / "lookups.json").read_text())
     several = sum(len(s.objects) > 1 for s in scenes.values())
-    assert len(place) == PLACE_RECORDS_PER_IMAGE * several > 0
-    assert json.loads((world / "meta.json").read_text())["n_place"] == len(place)
-    assert len({r["id"] for r in place}) == len(place)
-    short = 0
-    for record in place:
+    assert len(lookups) == LOOKUP_RECORDS_PER_IMAGE * several > 0
+    assert json.loads((world / "meta.json").read_text())["n_lookups"] == len(lookups)
+    assert len({r["id"] for r in lookups}) == len(lookups)
+    short = by_place = by_description = 0
+    presence = Counter()
+    for record in lookups:
         _check_record(record, world / "images")
         scene = scenes[record["image"]]
         assert len(scene.objects) > 1
         turns = record["conversations"]
+        asked_presence = 0
         for question, answer in zip([t["value"] for t in turns[::2]], [t["value"] for t in turns[1::2]]):
             question = question.replace(IMAGE_PLACEHOLDER + "\n", "")
             text = question.removesuffix(SHORT_SUFFIX)
-            (obj,) = [o for o in scene.objects if o.position == _position_in(text)]
+            is_short = question.endswith(SHORT_SUFFIX)
+            short += is_short
+            if text.startswith(("Is there", "Can you see")):
+                asked_presence += 1
+                there = bool(_select(scene, text))
+                presence[there] += 1
+                assert (answer == ("Yes" if there else "No")) if is_short else answer.startswith("Yes" if there else "No")
+                continue
             asked = "colour" if "colour" in text else "shape"
-            assert _mentioned(text, COLOURS) == []  # named by the cell, never by the asked attribute
-            if asked == "shape":
-                assert _mentioned(text, SHAPES) == []
-            if question.endswith(SHORT_SUFFIX):
-                short += 1
+            assert _mentioned(text, COLOURS if asked == "colour" else SHAPES) == []  # never the asked attribute
+            (obj,) = _select(scene, text)  # the description picks out one object
+            if _position_in(text) is not None and not _mentioned(text, COLOURS) and not _mentioned(text, SIZES):
+                by_place += 1  # "the circle at the top left", "the object in the centre"
+            else:
+                by_description += 1
+            if is_short:
                 assert answer == getattr(obj, asked)
             else:
-                assert getattr(obj, asked) in answer and where(obj.position) in answer
-    assert 0.3 < short / sum(len(r["conversations"]) // 2 for r in place) < 0.7
+                assert getattr(obj, asked) in answer
+        assert asked_presence == 1
+    assert presence[True] > 0.4 * len(lookups) and presence[False] > 0.4 * len(lookups)
+    assert by_place > 0.3 * (by_place + by_description) and by_description > 0.3 * (by_place + by_description)
+    assert 0.3 < short / sum(len(r["conversations"]) // 2 for r in lookups) < 0.7
 
 
 # ---- an independent reading of the questions, checked against the annotations -------------------

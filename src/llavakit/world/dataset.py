@@ -7,7 +7,7 @@ Layout of `out_dir` (the image folder for every "image" field is `out_dir/images
     scenes_train.json, scenes_bench.json   annotations: [{"id", "image", "objects": [...], ...}]
     captions.json      stage-1 alignment data (LLaVA pretraining format, one record per image)
     instruct.json      stage-2 instruction data (LLaVA-Instruct format, several records per image)
-    place.json         stage-2 drills of the lookup by place (same format; images of 2+ objects)
+    lookups.json       stage-2 drills of lookups and presence (same format; images of 2+ objects)
     bench.jsonl        benchmark questions, one JSON object a line
     meta.json          seed, counts, image size and the world's vocabulary
 """
@@ -38,6 +38,7 @@ from llavakit.world.questions import (
     REASONING,
     SHORT_SUFFIX,
     SIMPLE,
+    ask_about,
     ask_by_place,
     ask_count,
     ask_presence,
@@ -48,10 +49,11 @@ from llavakit.world.questions import (
 from llavakit.world.scenes import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render, sample_scene, scene_rng
 
 TRAIN, BENCH = 0, 1  # split codes, part of every random stream's key
-WORLD_VERSION = 4  # 2: the grounding style (list); 3: fewer long-answer records (STYLE_SHARE); 4: place.json
-# Records of place.json per training image of two or more objects: with three per image beside
-# instruct.json, stage 2 learnt the lookup by place (docs/embedded-model.md, "Lookups by place, learnt").
-PLACE_RECORDS_PER_IMAGE = 3
+WORLD_VERSION = 5  # 2: the grounding style (list); 3: fewer long-answer records (STYLE_SHARE); 4: place.json; 5: lookups.json
+# Records of lookups.json per training image of two or more objects: with three per image beside
+# instruct.json, stage 2 learnt the lookups by place and presence (docs/embedded-model.md,
+# "Lookups by place, learnt" and "A copy path from the start").
+LOOKUP_RECORDS_PER_IMAGE = 3
 
 # The share of images that get a record of each style (the others always get one). Stage 2 is
 # bounded by CPU time, and the long-answer styles cost many tokens per answer the benchmark
@@ -80,8 +82,8 @@ class WorldFiles:
         return self.root / "instruct.json"
 
     @property
-    def place(self) -> Path:
-        return self.root / "place.json"
+    def lookups(self) -> Path:
+        return self.root / "lookups.json"
 
     @property
     def bench(self) -> Path:
@@ -191,24 +193,34 @@ def instruct_records(scene: Scene, rng: np.random.Generator, image: str, rid: st
     return [record for (style, record), u in zip(records, keep) if u < STYLE_SHARE.get(style, 1.0)]
 
 
-def place_records(scene: Scene, rng: np.random.Generator, image: str, rid: str) -> list[dict[str, Any]]:
-    """`PLACE_RECORDS_PER_IMAGE` chats for a scene of two or more objects (none for one object),
-    each asking the colour or shape of up to three of its objects named by their cell alone,
-    half as short answers and half as sentences.
+def lookup_records(scene: Scene, rng: np.random.Generator, image: str, rid: str) -> list[dict[str, Any]]:
+    """`LOOKUP_RECORDS_PER_IMAGE` chats for a scene of two or more objects (none for one object).
 
-    In instruct.json such questions are a small share of the lookups, and with them alone stage 2
-    learns the lookup by attribute but not this one (docs/embedded-model.md, "Lookups by place").
+    Each asks the colour or shape of up to three of its objects, every one named by its cell alone
+    or, as often, by a random unique description without the asked attribute, plus one presence
+    question (positive and negative in turn, half the negatives adversarial) at a random turn;
+    half of the answers are short. In instruct.json lookups by place are a small share, and with
+    them alone stage 2 did not learn them; nor presence, with an LM that reads both attributes
+    (docs/embedded-model.md, "Lookups by place, learnt", "A copy path from the start").
     """
     if len(scene.objects) < 2:
         return []
     records = []
-    for k in range(PLACE_RECORDS_PER_IMAGE):
-        order = rng.permutation(len(scene.objects))[:3]
+    first_positive = bool(rng.random() < 0.5)  # presence alternates from here: balanced over images
+    for k in range(LOOKUP_RECORDS_PER_IMAGE):
         pairs = []
-        for i in order:
-            qa = ask_by_place(scene.objects[int(i)], pick(rng, ("colour", "shape")), rng)
-            pairs.append((qa.question + SHORT_SUFFIX, qa.short) if rng.random() < 0.5 else (qa.question, qa.long))
-        records.append({"id": f"{rid}-place{k}", "image": image, "conversations": _turns(pairs, rng)})
+        for i in rng.permutation(len(scene.objects))[:3]:
+            obj, category = scene.objects[int(i)], pick(rng, ("colour", "shape"))
+            qa = ask_by_place(obj, category, rng) if rng.random() < 0.5 else ask_about(obj, scene, category, rng)
+            if qa is not None:
+                pairs.append((qa.question + SHORT_SUFFIX, qa.short) if rng.random() < 0.5 else (qa.question, qa.long))
+        presence = ask_presence(scene, rng, positive=(k % 2 == 0) == first_positive, adversarial=bool(rng.random() < 0.5))
+        if presence is not None:
+            turn = (presence.question + SHORT_SUFFIX, presence.short) if rng.random() < 0.5 else (
+                presence.question, presence.long)
+            pairs.insert(int(rng.integers(len(pairs) + 1)), turn)
+        if pairs:
+            records.append({"id": f"{rid}-lookup{k}", "image": image, "conversations": _turns(pairs, rng)})
     return records
 
 
@@ -262,7 +274,7 @@ def write_world(out_dir: str | Path, seed: int, n_train_images: int, n_bench_ima
     """Generate and write the whole world (see the module docstring for the layout)."""
     files = WorldFiles(Path(out_dir))
     train, bench = generate_scenes(seed, n_train_images, n_bench_images, image_size)
-    captions, instruct, place, questions = [], [], [], []
+    captions, instruct, lookups, questions = [], [], [], []
     for split, name, scenes in ((TRAIN, "train", train), (BENCH, "bench", bench)):
         folder = files.image_folder / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -276,17 +288,17 @@ def write_world(out_dir: str | Path, seed: int, n_train_images: int, n_bench_ima
             if split == TRAIN:
                 captions.append(caption_record(scene, rng, image, rid))
                 instruct += instruct_records(scene, rng, image, rid)
-                place += place_records(scene, text_rng(seed, split, i, stream=2), image, rid)
+                lookups += lookup_records(scene, text_rng(seed, split, i, stream=2), image, rid)
             else:
                 questions += bench_questions(scene, rng, image, i)
         _dump(annotations, files.scenes(name))
     _dump(captions, files.captions)
     _dump(instruct, files.instruct)
-    _dump(place, files.place)
+    _dump(lookups, files.lookups)
     files.bench.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions))
     meta = {"world_version": WORLD_VERSION, "seed": seed, "image_size": image_size, "image_folder": IMAGE_DIR,
             "n_train_images": n_train_images, "n_bench_images": n_bench_images,
-            "n_captions": len(captions), "n_instruct": len(instruct), "n_place": len(place), "n_bench_questions": len(questions),
+            "n_captions": len(captions), "n_instruct": len(instruct), "n_lookups": len(lookups), "n_bench_questions": len(questions),
             "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES), "positions": list(POSITIONS),
             "short_suffix": SHORT_SUFFIX, "mc_suffix": MC_SUFFIX}
     files.meta.write_text(json.dumps(meta, indent=2) + "\n")

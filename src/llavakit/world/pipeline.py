@@ -6,7 +6,7 @@
 2. LLaVA stage 1, the packaged recipe `tiny-world-stage1` (projector only, captions, plain template);
    then, where the budget says so, the projector aligned to the LM's scene slots (`world.align`);
 3. LLaVA stage 2, `tiny-world-stage2` (projector + LM, or the LM alone where the budget freezes the
-   aligned projector; instructions, with the place drills of `place.json` where the budget says so;
+   aligned projector; instructions, with the drills of `lookups.json` where the budget says so;
    vicuna_v1);
 4. the held-out benchmark (`llavakit eval`'s `tiny-world`) for the final model and for the
    stage-1-only baseline (the stage-1 projector on the base LM).
@@ -211,10 +211,10 @@ def run_world_recipe(recipe: WorldRecipe) -> WorldRun:
                 save()
             start = aligned
         stage2_data = world.instruct
-        if budget.place_records:  # instruct.json and place.json in one file, as data.path takes one
+        if budget.lookup_records:  # instruct.json and lookups.json in one file, as data.path takes one
             stage2_data = out / "stage2_data.json"
             if not stage2_data.exists():
-                records = json.loads(world.instruct.read_text()) + json.loads(world.place.read_text())
+                records = json.loads(world.instruct.read_text()) + json.loads(world.lookups.read_text())
                 partial = stage2_data.with_suffix(".partial")  # whole or absent, for a rerun
                 partial.write_text(json.dumps(records, ensure_ascii=False) + "\n")
                 partial.replace(stage2_data)

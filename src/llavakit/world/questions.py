@@ -61,16 +61,21 @@ def _shape_of(obj: WorldObject, ref: str, rng: np.random.Generator) -> QA:
     return QA("shape", q, obj.shape, f"{capitalise(ref)} is {article(obj.shape)}.", SHAPES)
 
 
+def ask_about(obj: WorldObject, scene: Scene, category: str, rng: np.random.Generator) -> QA | None:
+    """The colour or shape of `obj`, named by a random unique description without it (None when
+    no description picks it out)."""
+    ref = refer(obj, scene, hide=category, rng=rng)
+    if ref is None:
+        return None
+    return _colour_of(obj, ref, rng) if category == "colour" else _shape_of(obj, ref, rng)
+
+
 def ask_colour(scene: Scene, rng: np.random.Generator) -> QA | None:
-    obj = _pick_object(scene, rng)
-    ref = refer(obj, scene, hide="colour", rng=rng)
-    return None if ref is None else _colour_of(obj, ref, rng)
+    return ask_about(_pick_object(scene, rng), scene, "colour", rng)
 
 
 def ask_shape(scene: Scene, rng: np.random.Generator) -> QA | None:
-    obj = _pick_object(scene, rng)
-    ref = refer(obj, scene, hide="shape", rng=rng)
-    return None if ref is None else _shape_of(obj, ref, rng)
+    return ask_about(_pick_object(scene, rng), scene, "shape", rng)
 
 
 def ask_by_place(obj: WorldObject, category: str, rng: np.random.Generator) -> QA:

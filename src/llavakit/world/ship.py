@@ -59,14 +59,16 @@ def example_questions(scene: Scene) -> list[dict[str, str]]:
     """Short questions whose answers the scene's annotations give, in the benchmark's format.
 
     They cover what the shipped model does reliably (its card has the numbers): how many objects
-    an image holds, and the colour and shape of a lone object. Questions about one of several
-    objects are left out: the model binds attributes to objects only in part.
+    an image holds, and the colour or shape of an object named by its other attribute ("the
+    circle", "the red object", where that names one object). Questions that name an object by
+    its place, or ask where it is, are left out: the model answers them only in part.
     """
     questions = [("How many objects are there in the image?", str(len(scene.objects)))]
-    if len(scene.objects) == 1:
-        only = scene.objects[0]
-        questions += [(f"What colour is the {only.shape}?", only.colour),
-                      (f"What shape is the {only.colour} object?", only.shape)]
+    for obj in scene.objects:
+        if sum(o.shape == obj.shape for o in scene.objects) == 1:
+            questions.append((f"What colour is the {obj.shape}?", obj.colour))
+        if sum(o.colour == obj.colour for o in scene.objects) == 1:
+            questions.append((f"What shape is the {obj.colour} object?", obj.shape))
     return [{"question": q + SHORT_SUFFIX, "answer": a} for q, a in questions]
 
 
