@@ -70,7 +70,7 @@ BUDGETS: dict[str, Budget] = {
                                   eval_images=16, reading_per_image=1, scene_slots=True, copy_init=0.05,
                                   slot_word_loss=1.0),
         stage1=("train.max_steps=40", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=5e-3"),
-        # The projector aligned to the slots, then frozen, with the place drills: as in the
+        # The projector aligned to the slots, then frozen, with the lookup drills: as in the
         # experiments of docs/embedded-model.md, "Lookups by place, learnt" (the tests run this path).
         align_images=200, align_steps=100, lookup_records=True,
         stage2=("train.max_steps=60", "train.global_batch_size=16", "train.micro_batch_size=16", "train.lr=2e-3",
