@@ -56,10 +56,12 @@ def _limits(final: dict[str, Any], portable: bool, total_seconds: float | None =
         ]
     else:
         lines += [
-            "- Those half-learnt scores are not portable: the recipe is bit-for-bit reproducible on one",
-            "  machine, but another CPU rounds differently and can move them by tens of points with the",
-            "  same seed (docs/embedded-model.md, \"Reproducibility\", has such a rerun). Count and a lone",
-            "  object's colour and shape reproduce.",
+            "- The recipe is bit-for-bit reproducible on one machine, but another CPU rounds differently:",
+            "  an earlier recipe rerun on another CPU moved its half-learnt scores by tens of points with",
+            "  the same seed, while count and a lone object's colour and shape reproduced",
+            "  (docs/embedded-model.md, \"Reproducibility\"). Whether this model's scores move is not shown.",
+            "- The scores depend on the seed: another seed's LM can miss a lookup that this one learnt",
+            "  (docs/embedded-model.md, \"A copy path from the start\").",
         ]
     return lines
 
