@@ -297,15 +297,20 @@ def slot_word_nll(logits: torch.Tensor, slot_index: torch.Tensor, slot_words: to
     return -(log_probs * valid).sum() / valid.sum().clamp(min=1)
 
 
-def lm_loss(model: LanguageModel, rows: torch.Tensor, weights: torch.Tensor | None = None,
-            inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean next-token loss, weighted per target when `weights` is given."""
-    logits = model(rows[:, :-1]) if inputs_embeds is None else model(inputs_embeds=inputs_embeds)
+def next_token_loss(logits: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token loss of `logits` (for `rows[:, :-1]`), weighted per target when `weights` is given."""
     nll = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none")
     if weights is None:
         return nll.mean()
     weights = weights.flatten()
     return (nll * weights).sum() / weights.sum()
+
+
+def lm_loss(model: LanguageModel, rows: torch.Tensor, weights: torch.Tensor | None = None,
+            inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token loss, weighted per target when `weights` is given."""
+    logits = model(rows[:, :-1]) if inputs_embeds is None else model(inputs_embeds=inputs_embeds)
+    return next_token_loss(logits, rows, weights)
 
 
 @torch.no_grad()
@@ -404,10 +409,8 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
         if with_slots:  # a slot is an input only: never a target
             slot_index = packed.slot_index[picked]
             embeds = slot_embeddings(model, rows[:, :-1], slot_index[:, :-1], packed.slot_words)
-            logits = model(inputs_embeds=embeds)
-            keep = (slot_index[:, 1:] < 0).flatten().float()
-            nll = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none")
-            loss = (nll * keep).sum() / keep.sum()
+            logits = model(inputs_embeds=embeds)  # kept for the slot-word loss as well
+            loss = next_token_loss(logits, rows, (slot_index[:, 1:] < 0).float())
             if config.slot_word_loss:
                 loss = loss + config.slot_word_loss * slot_word_nll(logits, slot_index[:, :-1], packed.slot_words)
         else:

@@ -61,13 +61,15 @@ def _shape_of(obj: WorldObject, ref: str, rng: np.random.Generator) -> QA:
     return QA("shape", q, obj.shape, f"{capitalise(ref)} is {article(obj.shape)}.", SHAPES)
 
 
+def _attribute_of(obj: WorldObject, ref: str, category: str, rng: np.random.Generator) -> QA:
+    return _colour_of(obj, ref, rng) if category == "colour" else _shape_of(obj, ref, rng)
+
+
 def ask_about(obj: WorldObject, scene: Scene, category: str, rng: np.random.Generator) -> QA | None:
     """The colour or shape of `obj`, named by a random unique description without it (None when
     no description picks it out)."""
     ref = refer(obj, scene, hide=category, rng=rng)
-    if ref is None:
-        return None
-    return _colour_of(obj, ref, rng) if category == "colour" else _shape_of(obj, ref, rng)
+    return None if ref is None else _attribute_of(obj, ref, category, rng)
 
 
 def ask_colour(scene: Scene, rng: np.random.Generator) -> QA | None:
@@ -80,10 +82,8 @@ def ask_shape(scene: Scene, rng: np.random.Generator) -> QA | None:
 
 def ask_by_place(obj: WorldObject, category: str, rng: np.random.Generator) -> QA:
     """The colour or shape of `obj`, named by its cell alone (a cell holds one object, so the
-    reference is always unique): the lookup that stage 2's place records drill."""
-    if category == "colour":
-        return _colour_of(obj, place_reference(obj, hide="colour"), rng)
-    return _shape_of(obj, place_reference(obj, hide="shape"), rng)
+    reference is always unique): the lookup that stage 2's drills ask."""
+    return _attribute_of(obj, place_reference(obj, hide=category), category, rng)
 
 
 def ask_size(scene: Scene, rng: np.random.Generator) -> QA | None:
