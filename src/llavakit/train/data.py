@@ -139,6 +139,17 @@ def _image_list(record: dict) -> list[str]:
     raise SkipSample("bad_record", f"'image' must be a path or a list of paths, got {image!r}")
 
 
+def _token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """How many tokens each text has, without special tokens. A fast tokenizer's Rust backend
+    gives the same ids as the tokenizer's own call, without a Python dict per text (half the
+    time of indexing a large file)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers < 0.21: no fast
+    return [len(encoding.ids) for encoding in encode(texts, add_special_tokens=False)]
+
+
 def index_records(path: str | Path, *, tokenizer=None, tokens_per_image: int = 576,
                   plain: bool = False, estimate: str = "tokens", batch: int = 2048,
                   collect_images: bool = False) -> RecordIndex:
@@ -175,10 +186,7 @@ def index_records(path: str | Path, *, tokenizer=None, tokens_per_image: int = 5
     use_tokens = estimate == "tokens" and tokenizer is not None
     for start in range(0, len(texts), batch):
         chunk = texts[start:start + batch]
-        if use_tokens:
-            counts = [len(ids) for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]]
-        else:
-            counts = [len(t.split()) for t in chunk]
+        counts = _token_counts(tokenizer, chunk) if use_tokens else [len(t.split()) for t in chunk]
         lengths[start:start + len(chunk)] = counts
     lengths += np.asarray(overheads, dtype=np.int64) + np.asarray(n_images, dtype=np.int64) * tokens_per_image
     return RecordIndex(np.asarray(offsets, dtype=np.int64), np.asarray(sizes, dtype=np.int64),
