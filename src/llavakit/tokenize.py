@@ -50,6 +50,22 @@ def image_slot_counts(tokens_per_image: int | Sequence[int], num_images: int) ->
     return counts
 
 
+def plain_backend(tokenizer: Any) -> Any | None:
+    """A copy of a fast tokenizer's Rust backend with truncation and padding off, or None for a
+    slow tokenizer. For encoding many texts without a Python dict per text: the tokenizer's own
+    backend keeps the truncation and padding of its last call that asked for them, which a
+    transformers call resets and a direct backend call would apply."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
 def _target_prefix_sums(text_len: int, spans: Sequence[tuple[int, int]]) -> list[int]:
     """sums[i] = number of target characters in text[:i], for O(1) overlap tests."""
     is_target = [0] * text_len

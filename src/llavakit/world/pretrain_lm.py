@@ -34,6 +34,7 @@ from llavakit.checkpoints.io import atomic_save_safetensors, without_tied_head
 from llavakit.config import LanguageConfig
 from llavakit.conversation import IMAGE_PLACEHOLDER, RenderedPrompt, from_llava_conversations, get_template
 from llavakit.model.language import KVCache, LanguageModel
+from llavakit.tokenize import plain_backend
 from llavakit.world.dataset import (
     BENCH,
     TRAIN,
@@ -208,6 +209,9 @@ def pack(tokenizer, documents: list[RenderedPrompt], block_size: int, max_tokens
     slot_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
     slot_row: dict[str, int] = {}  # each distinct slot text is tokenised and stored once
     slot_words: list[list[int]] = []
+    backend = plain_backend(tokenizer)
+    if backend is None:
+        raise TypeError("packing needs a fast (Rust tokenizers) tokenizer, such as the world's")
     # Per document, arrays of its tokens, answer flags and slot rows (-1: a word); numpy rather
     # than a Python loop over tokens, as millions of tokens are packed.
     streams: list[np.ndarray] = []
@@ -226,9 +230,9 @@ def pack(tokenizer, documents: list[RenderedPrompt], block_size: int, max_tokens
 
     for start in range(0, len(documents), 2048):
         chunk = documents[start : start + 2048]
-        # The world tokenizer's Rust backend itself: what the transformers call returns, without
-        # converting every encoding to Python dicts (a third of the time here).
-        for doc, encoding in zip(chunk, tokenizer.backend_tokenizer.encode_batch([d.text for d in chunk])):
+        # The tokenizer's Rust backend: what the transformers call returns, without converting
+        # every encoding to Python dicts (a third of the time here).
+        for doc, encoding in zip(chunk, backend.encode_batch([d.text for d in chunk])):
             ids, offsets = encoding.ids, encoding.offsets
             tokens = np.asarray(ids, dtype=np.int64)
             begins = np.asarray([a for a, _ in offsets], dtype=np.int64)
