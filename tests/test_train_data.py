@@ -58,6 +58,21 @@ def test_json_and_jsonl_index_the_same_records_lazily(tmp_path, images, tiny_che
     assert [json.loads(raw[o:o + n]) for o, n, _ in found] == records
 
 
+def test_token_length_estimates_ignore_the_tokenizers_last_truncation(tmp_path, images, tiny_checkpoint):
+    # The index counts tokens through the tokenizer's Rust backend, which keeps the truncation of
+    # the last call that asked for it; the counts must be the tokenizer's own.
+    folder, names = images
+    path = write_json(tmp_path / "d.json", chat_records(names[:6], 3))
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    config = LlavaConfig.load(tiny_checkpoint / "config.json")
+    expected = index_records(path, tokenizer=tokenizer, tokens_per_image=config.tokens_per_image).lengths
+    texts = [" ".join(t["value"].replace("<image>", "") for t in r["conversations"]) for r in json.loads(path.read_text())]
+    assert min(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts) > 3
+    tokenizer(texts, truncation=True, max_length=3)
+    again = index_records(path, tokenizer=tokenizer, tokens_per_image=config.tokens_per_image).lengths
+    assert again.tolist() == expected.tolist()
+
+
 def test_bad_records_are_skipped_and_counted_by_reason(tmp_path, images, tiny_checkpoint):
     folder, names = images
     (folder / "broken.png").write_bytes(b"this is not a png")

@@ -50,6 +50,14 @@ def test_world_is_deterministic_from_its_seed(world, tmp_path) -> None:
     assert all(fewer[k] == _digest(world)[k] for k in fewer if k.startswith("images/"))
 
 
+def test_a_world_made_in_processes_is_the_same(world, tmp_path, monkeypatch) -> None:
+    # Large worlds are made in forked workers; every file must be what one process makes.
+    import llavakit.world.dataset as dataset
+
+    monkeypatch.setattr(dataset, "PARALLEL_MIN_IMAGES", 1)
+    assert _digest(write_world(tmp_path / "forked", SEED, 120, 80, progress=False).root) == _digest(world)
+
+
 def _check_record(record: dict, image_folder: Path) -> None:
     assert set(record) == {"id", "image", "conversations"}
     assert (image_folder / record["image"]).is_file()
@@ -374,6 +382,30 @@ def test_scene_slots_carry_each_cell_into_the_lm(world, tokenizer) -> None:
             else:
                 torch.testing.assert_close(embeds[b, t], table[rows[b, t]])
 
+
+
+def test_packing_tokenises_like_the_tokenizer_whatever_its_last_call(world, tokenizer) -> None:
+    """`pack` encodes through the tokenizer's Rust backend, which keeps the truncation and padding
+    of the last call that asked for them (the vision pretraining's); packing must not."""
+    from llavakit.world.dataset import WorldFiles
+    from llavakit.world.pretrain_lm import pack, train_documents
+
+    documents = train_documents(WorldFiles(world), reading_per_image=1, scene_slots=True)[::7][:40]
+    before = pack(tokenizer, documents, block_size=32)
+    tokenizer(["a red circle at the top left", "two"], padding=True, truncation=True, max_length=4)
+    after = pack(tokenizer, documents, block_size=32)
+    for name in ("rows", "answers", "slot_index", "slot_words"):
+        assert torch.equal(getattr(before, name), getattr(after, name)), name
+    # The stream is the tokenizer's own ids (a slot placeholder becomes nine slots).
+    slot_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    expected = []
+    for doc in documents:
+        for token in tokenizer(doc.text).input_ids:
+            expected += [slot_id] * 9 if token == slot_id else [token]
+        if expected[-1] != tokenizer.eos_token_id:
+            expected.append(tokenizer.eos_token_id)
+    stream = after.rows[:, :-1].flatten().tolist() + after.rows[-1:, -1].tolist()
+    assert stream == expected[: len(stream)]
 
 
 def test_the_copy_path_and_the_slot_word_loss(world, tokenizer) -> None:

@@ -285,16 +285,19 @@ def _image_files(task: tuple[Path, int, int, str, int, Scene]) -> tuple[dict, li
     return annotation, records, [], lookup_records(scene, text_rng(seed, split, i, stream=2), image, rid)
 
 
-def _in_processes(fn, tasks: list, progress_label: str, progress: bool, min_tasks: int = 2000):
-    """`map(fn, tasks)` in order, over the CPUs' processes for a large world (a world of 20 000
-    images takes half the time on two cores); forked, so nothing is imported again."""
+PARALLEL_MIN_IMAGES = 2000  # smaller worlds are made in this process (starting workers costs more)
+
+
+def _in_processes(fn, tasks: list, progress_label: str, progress: bool):
+    """`map(fn, tasks)` in order, over the CPUs' processes for a large world (20 000 images took
+    32 s instead of 52 on two cores); forked, so nothing is imported again."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     bar = dict(total=len(tasks), desc=progress_label, disable=not progress, leave=False)
-    if cpus < 2 or len(tasks) < min_tasks or "fork" not in multiprocessing.get_all_start_methods():
+    if cpus < 2 or len(tasks) < PARALLEL_MIN_IMAGES or "fork" not in multiprocessing.get_all_start_methods():
         yield from tqdm(map(fn, tasks), **bar)
         return
     with ProcessPoolExecutor(max_workers=min(cpus, 8), mp_context=multiprocessing.get_context("fork")) as pool:
