@@ -244,19 +244,11 @@ def pack(tokenizer, documents: list[RenderedPrompt], block_size: int, max_tokens
             placeholders = np.flatnonzero(tokens == slot_id) if scene is not None else np.empty(0, dtype=np.int64)
             if len(placeholders):  # each placeholder becomes the scene's slots
                 rows = np.asarray(slot_rows(scene), dtype=np.int64)
-                pieces = np.split(np.arange(len(tokens)), placeholders + 1)
-                token_parts, answer_parts, slot_parts = [], [], []
-                for k, piece in enumerate(pieces):
-                    words = piece[:-1] if k < len(placeholders) else piece
-                    token_parts.append(tokens[words])
-                    answer_parts.append(is_answer[words])
-                    slot_parts.append(word_slot[words])
-                    if k < len(placeholders):
-                        token_parts.append(np.full(len(rows), slot_id, dtype=np.int64))
-                        answer_parts.append(np.zeros(len(rows), dtype=bool))
-                        slot_parts.append(rows)
-                tokens, is_answer, word_slot = (np.concatenate(token_parts), np.concatenate(answer_parts),
-                                                np.concatenate(slot_parts))
+                repeats = np.ones(len(tokens), dtype=np.int64)
+                repeats[placeholders] = len(rows)
+                is_answer[placeholders] = False
+                tokens, is_answer, word_slot = (np.repeat(a, repeats) for a in (tokens, is_answer, word_slot))
+                word_slot[tokens == slot_id] = np.tile(rows, len(placeholders))
             if ids[-1] != eos:  # chat documents already end with </s>
                 tokens = np.append(tokens, eos)
                 is_answer = np.append(is_answer, False)
