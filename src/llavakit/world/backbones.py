@@ -10,7 +10,7 @@
 
 Budgets: "tiny" for tests (well under a minute), "small" for the reduced recipe the suite
 retrains (only the world is generated; the tower and LM are the ones shipped in the package),
-and "full" for the shipped model (about nine minutes on two CPU cores, leaving the rest of the
+and "full" for the shipped model (about ten minutes on two CPU cores, leaving the rest of the
 twenty-minute recipe to LLaVA's two stages and the benchmark).
 """
 
