@@ -177,7 +177,7 @@ def instruct_records(scene: Scene, rng: np.random.Generator, image: str, rid: st
         add("reason", [(qa.question, qa.long) for qa in reason], image_first=False)
     no_presence = [SIMPLE[k] for k in ("colour", "shape", "size", "count", "position")]
     short = _distinct([sample_question(no_presence, scene, rng) for _ in range(int(rng.integers(3, 6)))])
-    add("short", [(qa.question + SHORT_SUFFIX, qa.short) for qa in short])
+    add("short", [qa.turn(short=True) for qa in short])
     mc = _distinct([sample_question(no_presence, scene, rng) for _ in range(int(rng.integers(1, 3)))])
     mc_pairs = []
     for qa in mc:
@@ -187,7 +187,7 @@ def instruct_records(scene: Scene, rng: np.random.Generator, image: str, rid: st
     yes_first = bool(rng.random() < 0.5)
     yesno = _distinct([ask_presence(scene, rng, positive=p, shape_only=bool(rng.random() < 0.2))
                        for p in (yes_first, not yes_first)])
-    add("yesno", [(qa.question + SHORT_SUFFIX, qa.short) for qa in yesno])
+    add("yesno", [qa.turn(short=True) for qa in yesno])
     add("list", [object_listing(scene, rng)])
     keep = rng.random(len(records))
     return [record for (style, record), u in zip(records, keep) if u < STYLE_SHARE.get(style, 1.0)]
@@ -213,11 +213,10 @@ def lookup_records(scene: Scene, rng: np.random.Generator, image: str, rid: str)
             obj, category = scene.objects[int(i)], pick(rng, ("colour", "shape"))
             qa = ask_by_place(obj, category, rng) if rng.random() < 0.5 else ask_about(obj, scene, category, rng)
             if qa is not None:
-                pairs.append((qa.question + SHORT_SUFFIX, qa.short) if rng.random() < 0.5 else (qa.question, qa.long))
+                pairs.append(qa.turn(short=bool(rng.random() < 0.5)))
         presence = ask_presence(scene, rng, positive=(k % 2 == 0) == first_positive, adversarial=bool(rng.random() < 0.5))
         if presence is not None:
-            turn = (presence.question + SHORT_SUFFIX, presence.short) if rng.random() < 0.5 else (
-                presence.question, presence.long)
+            turn = presence.turn(short=bool(rng.random() < 0.5))
             pairs.insert(int(rng.integers(len(pairs) + 1)), turn)
         if pairs:
             records.append({"id": f"{rid}-lookup{k}", "image": image, "conversations": _turns(pairs, rng)})

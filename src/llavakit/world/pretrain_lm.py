@@ -47,7 +47,7 @@ from llavakit.world.dataset import (
 from llavakit.world.facts import fact_document
 from llavakit.world.language import caption, detailed_description, shape_first_listing
 from llavakit.world.pretrain_vision import PretrainResult, lr_at, param_groups
-from llavakit.world.questions import SHORT_SUFFIX, SIMPLE, ask_presence, sample_question
+from llavakit.world.questions import SIMPLE, ask_presence, sample_question
 from llavakit.world.scenes import POSITIONS, Scene
 from llavakit.world.tokenizer import save_tokenizer
 
@@ -133,8 +133,7 @@ def reading_document(scene: Scene, rng: np.random.Generator, short_share: float,
     pairs = []
     for qa in [sample_question(list(SIMPLE.values()), scene, rng) for _ in range(int(rng.integers(2, 5)))]:
         if qa is not None:
-            short = rng.random() < short_share
-            pairs.append((qa.question + SHORT_SUFFIX, qa.short) if short else (qa.question, qa.long))
+            pairs.append(qa.turn(short=bool(rng.random() < short_share)))
     turns = []
     for k, (q, a) in enumerate(pairs):
         turns += [{"from": "human", "value": f"{description}\n{q}" if k == 0 else q}, {"from": "gpt", "value": a}]

@@ -41,6 +41,10 @@ class QA:
     options: tuple[str, ...] = ()  # the answer space, for multiple choice; empty: not multiple-choice
     negative_kind: str = ""  # presence questions with answer "No": "random" or "adversarial"
 
+    def turn(self, short: bool) -> tuple[str, str]:
+        """(question, answer) for a chat: the short form asks for a single word or phrase."""
+        return (self.question + SHORT_SUFFIX, self.short) if short else (self.question, self.long)
+
 
 def pick(rng: np.random.Generator, items):
     """One of `items`, uniformly (one draw from `rng`)."""
