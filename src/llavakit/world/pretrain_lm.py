@@ -319,20 +319,19 @@ def slot_word_nll(logits: torch.Tensor, slot_index: torch.Tensor, slot_words: to
     return -(log_probs * valid).sum() / valid.sum().clamp(min=1)
 
 
+def next_token_nll(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Each target's next-token loss, [rows, targets], for `logits` of `rows[:, :-1]`."""
+    targets = rows[:, 1:]
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
 def next_token_loss(logits: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token loss of `logits` (for `rows[:, :-1]`), weighted per target when `weights` is given."""
-    nll = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none")
+    nll = next_token_nll(logits, rows).flatten()
     if weights is None:
         return nll.mean()
     weights = weights.flatten()
     return (nll * weights).sum() / weights.sum()
-
-
-def lm_loss(model: LanguageModel, rows: torch.Tensor, weights: torch.Tensor | None = None,
-            inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean next-token loss, weighted per target when `weights` is given."""
-    logits = model(rows[:, :-1]) if inputs_embeds is None else model(inputs_embeds=inputs_embeds)
-    return next_token_loss(logits, rows, weights)
 
 
 @torch.no_grad()
@@ -343,8 +342,7 @@ def perplexities(model: LanguageModel, blocks: torch.Tensor, masks: dict[str, to
     totals, counts = dict.fromkeys(masks, 0.0), dict.fromkeys(masks, 0.0)
     for i in range(0, len(blocks), batch_size):
         rows = blocks[i : i + batch_size]
-        logits = model(rows[:, :-1])
-        nll = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten(), reduction="none").view(len(rows), -1)
+        nll = next_token_nll(model(rows[:, :-1]), rows)
         for name, mask in masks.items():
             keep = torch.ones_like(nll) if mask is None else mask[i : i + batch_size].float()
             totals[name] += float((nll * keep).sum())
@@ -439,7 +437,7 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
             if config.slot_word_loss:
                 loss = loss + config.slot_word_loss * slot_word_nll(logits, slot_index[:, :-1], packed.slot_words)
         else:
-            loss = lm_loss(model, rows)
+            loss = next_token_loss(model(rows[:, :-1]), rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
