@@ -12,7 +12,7 @@ import codecs
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,15 +139,15 @@ def _image_list(record: dict) -> list[str]:
     raise SkipSample("bad_record", f"'image' must be a path or a list of paths, got {image!r}")
 
 
-def _token_counts(tokenizer, texts: list[str]) -> list[int]:
-    """How many tokens each text has, without special tokens: through a fast tokenizer's Rust
-    backend, the same ids as the tokenizer's own call without a Python dict per text (half the
-    time of indexing a large file)."""
+def _token_counter(tokenizer) -> Callable[[list[str]], list[int]]:
+    """A function of texts: how many tokens each has, without special tokens. With a fast
+    tokenizer it counts through one copy of the Rust backend, the same ids as the tokenizer's own
+    call without a Python dict per text (half the time of indexing a large file)."""
     backend = plain_backend(tokenizer)
     if backend is None:
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers < 0.21: no fast
-    return [len(encoding.ids) for encoding in encode(texts, add_special_tokens=False)]
+    return lambda texts: [len(encoding.ids) for encoding in encode(texts, add_special_tokens=False)]
 
 
 def index_records(path: str | Path, *, tokenizer=None, tokens_per_image: int = 576,
@@ -183,10 +183,10 @@ def index_records(path: str | Path, *, tokenizer=None, tokens_per_image: int = 5
             texts.append(text)
             overheads.append(overhead)
     lengths = np.zeros(len(offsets), dtype=np.int64)
-    use_tokens = estimate == "tokens" and tokenizer is not None
+    count_tokens = _token_counter(tokenizer) if estimate == "tokens" and tokenizer is not None else None
     for start in range(0, len(texts), batch):
         chunk = texts[start:start + batch]
-        counts = _token_counts(tokenizer, chunk) if use_tokens else [len(t.split()) for t in chunk]
+        counts = count_tokens(chunk) if count_tokens else [len(t.split()) for t in chunk]
         lengths[start:start + len(chunk)] = counts
     lengths += np.asarray(overheads, dtype=np.int64) + np.asarray(n_images, dtype=np.int64) * tokens_per_image
     return RecordIndex(np.asarray(offsets, dtype=np.int64), np.asarray(sizes, dtype=np.int64),
