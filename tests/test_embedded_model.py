@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from llavakit.world.card import TIME_TARGET_S
 from llavakit.world.ship import example_questions, example_scene, shipped_model_dir
 
 SHIPPED = shipped_model_dir()
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_the_package_ships_a_model_under_25_mb() -> None:
@@ -64,6 +67,21 @@ def test_ask_without_model_uses_the_embedded_one(capsys) -> None:
     example = json.loads((SHIPPED / "examples" / "examples.json").read_text())[0]
     assert main(["ask", "--image", str(SHIPPED / "examples" / example["image"]), example["question"]]) == 0
     assert capsys.readouterr().out.strip().lower() == example["answer"].lower()
+
+
+def test_the_readme_first_command_gets_the_right_answer(capsys) -> None:
+    # The README's first command asks in free form (no short-answer suffix); its answer must
+    # name what the example scene's annotations say.
+    line = next(x for x in README.read_text().splitlines() if x.startswith("pip install") and "llavakit ask" in x)
+    args = shlex.split(line.split("&&", 1)[1])[1:]
+    at = args.index("--image") + 1
+    image, question = README.parent / args[at], args[-1]
+    args[at] = str(image)
+    examples = json.loads((SHIPPED / "examples" / "examples.json").read_text())
+    expected = next(e["answer"] for e in examples
+                    if e["image"] == image.name and e["question"].split("\n")[0] == question)
+    assert main(args) == 0
+    assert expected in capsys.readouterr().out.lower().split(".")[0].split()
 
 
 def test_serve_without_model_answers_with_the_embedded_one(tmp_path) -> None:
