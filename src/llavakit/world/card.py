@@ -56,10 +56,11 @@ def _limits(final: dict[str, Any], portable: bool, total_seconds: float | None =
         ]
     else:
         lines += [
-            "- The recipe is bit-for-bit reproducible on one machine, but another CPU rounds differently:",
-            "  an earlier recipe rerun on another CPU moved its half-learnt scores by tens of points with",
-            "  the same seed, while count and a lone object's colour and shape reproduced",
-            "  (docs/embedded-model.md, \"Reproducibility\"). Whether this model's scores move is not shown.",
+            "- The recipe is bit-for-bit reproducible on one machine, but not across CPUs: another CPU",
+            "  rounds differently, and the lookups the LM learns are a draw of that rounding. The same",
+            "  seed with torch's kernels pinned to AVX2 (the rounding of a CPU without AVX-512) scored",
+            "  up to 20 points lower on colour and presence, while a lone object's colour and shape",
+            "  reproduced (docs/embedded-model.md, \"Reproducibility\").",
             "- The scores depend on the seed: another seed's LM can miss a lookup that this one learnt",
             "  (docs/embedded-model.md, \"A copy path from the start\").",
         ]
