@@ -461,6 +461,34 @@ def test_the_copy_path_and_the_slot_word_loss(world, tokenizer) -> None:
     slot_word_nll(logits, where, packed.slot_words).backward()
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
 
+def test_answer_weight_raises_the_loss_weight_of_answers_only(world, tokenizer) -> None:
+    """`answer_weight` weighs the tokens of the assistant's answers; slots stay out of the loss."""
+    from llavakit.world.dataset import WorldFiles
+    from llavakit.world.pretrain_lm import next_token_loss, pack, target_weights, train_documents
+
+    docs = train_documents(WorldFiles(world), reading_per_image=1, scene_slots=True, reading_slot_share=1.0)
+    packed = pack(tokenizer, docs[-40:], block_size=64)  # reading documents: chats with short answers
+    picked = torch.arange(len(packed.rows))
+    plain, weighted = target_weights(packed, picked), target_weights(packed, picked, answer_weight=4.0)
+    is_slot, is_answer = packed.slot_index[:, 1:] >= 0, packed.answers
+    assert is_slot.any() and is_answer.any()
+    assert torch.equal(plain, (~is_slot).float())
+    assert set(weighted[is_answer].tolist()) == {4.0}
+    assert set(weighted[~is_answer & ~is_slot].tolist()) == {1.0} and set(weighted[is_slot].tolist()) == {0.0}
+    # The weighted targets are the answers' words: "Yes", colours, shapes, "</s>" ...
+    answer_text = tokenizer.decode(packed.rows[:, 1:][weighted == 4.0].tolist())
+    assert "ASSISTANT" not in answer_text and "USER" not in answer_text and "</s>" in answer_text
+    # With logits that get the answers wrong and everything else right, the weight raises the loss.
+    rows = packed.rows
+    logits = torch.full((*rows[:, 1:].shape, len(tokenizer)), -10.0)
+    logits.scatter_(2, rows[:, 1:, None], 10.0)
+    logits[is_answer] = 0.0
+    assert float(next_token_loss(logits, rows, weighted)) > 2 * float(next_token_loss(logits, rows, plain))
+    # Without slots or answer weight there is nothing to weigh.
+    bare = pack(tokenizer, train_documents(WorldFiles(world))[:20], block_size=64)
+    assert target_weights(bare, torch.arange(len(bare.rows))) is None
+
+
 # ---- backbones ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,7 @@ class LMPretrainConfig:
     warmup_steps: int = 30
     reading_per_image: int = 1  # reading documents (questions answered from a description) per image
     reading_short_share: float = 0.4  # share of reading answers in the short form ("Red.")
+    answer_weight: float = 1.0  # next-token loss weight of the assistant's answers in chats (others: 1)
     instruct_share: float = 1.0  # share of the image-free instruction chats kept
     facts_documents: int = 0  # general-knowledge paragraphs about the attribute words (world.facts)
     scene_slots: bool = False  # captions and instruction chats keep their image as scene slots
@@ -319,6 +320,19 @@ def slot_word_nll(logits: torch.Tensor, slot_index: torch.Tensor, slot_words: to
     return -(log_probs * valid).sum() / valid.sum().clamp(min=1)
 
 
+def target_weights(packed: Packed, picked: torch.Tensor, answer_weight: float = 1.0) -> torch.Tensor | None:
+    """Next-token loss weights of the rows `picked`, [rows, block_size]: 0 where the target is a
+    scene slot (an input only), `answer_weight` where it is a token of an assistant's answer, 1
+    elsewhere; None when every weight is 1."""
+    weights = None
+    if answer_weight != 1.0:
+        weights = 1 + (answer_weight - 1) * packed.answers[picked].float()
+    if len(packed.slot_words) > 0:
+        is_word = (packed.slot_index[picked][:, 1:] < 0).float()
+        weights = is_word if weights is None else is_word * weights
+    return weights
+
+
 def next_token_nll(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Each target's next-token loss, [rows, targets], for `logits` of `rows[:, :-1]`."""
     targets = rows[:, 1:]
@@ -429,15 +443,16 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup_steps)
         model.train()
-        if with_slots:  # a slot is an input only: never a target
+        weights = target_weights(packed, picked, config.answer_weight)
+        if with_slots:
             slot_index = packed.slot_index[picked]
             embeds = slot_embeddings(model, rows[:, :-1], slot_index[:, :-1], packed.slot_words)
             logits = model(inputs_embeds=embeds)  # kept for the slot-word loss as well
-            loss = next_token_loss(logits, rows, (slot_index[:, 1:] < 0).float())
+            loss = next_token_loss(logits, rows, weights)
             if config.slot_word_loss:
                 loss = loss + config.slot_word_loss * slot_word_nll(logits, slot_index[:, :-1], packed.slot_words)
         else:
-            loss = next_token_loss(model(rows[:, :-1]), rows)
+            loss = next_token_loss(model(rows[:, :-1]), rows, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
