@@ -461,6 +461,7 @@ def test_the_copy_path_and_the_slot_word_loss(world, tokenizer) -> None:
     slot_word_nll(logits, where, packed.slot_words).backward()
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
 
+
 def test_answer_weight_raises_the_loss_weight_of_answers_only(world, tokenizer) -> None:
     """`answer_weight` weighs the tokens of the assistant's answers; slots stay out of the loss."""
     from llavakit.world.dataset import WorldFiles
@@ -468,9 +469,9 @@ def test_answer_weight_raises_the_loss_weight_of_answers_only(world, tokenizer) 
 
     docs = train_documents(WorldFiles(world), reading_per_image=1, scene_slots=True, reading_slot_share=1.0)
     packed = pack(tokenizer, docs[-40:], block_size=64)  # reading documents: chats with short answers
-    picked = torch.arange(len(packed.rows))
-    plain, weighted = target_weights(packed, picked), target_weights(packed, picked, answer_weight=4.0)
-    is_slot, is_answer = packed.slot_index[:, 1:] >= 0, packed.answers
+    answers, slots = packed.answers, packed.slot_index
+    plain, weighted = target_weights(answers, slots), target_weights(answers, slots, answer_weight=4.0)
+    is_slot, is_answer = slots[:, 1:] >= 0, answers
     assert is_slot.any() and is_answer.any()
     assert torch.equal(plain, (~is_slot).float())
     assert set(weighted[is_answer].tolist()) == {4.0}
@@ -486,7 +487,7 @@ def test_answer_weight_raises_the_loss_weight_of_answers_only(world, tokenizer) 
     assert float(next_token_loss(logits, rows, weighted)) > 2 * float(next_token_loss(logits, rows, plain))
     # Without slots or answer weight there is nothing to weigh.
     bare = pack(tokenizer, train_documents(WorldFiles(world))[:20], block_size=64)
-    assert target_weights(bare, torch.arange(len(bare.rows))) is None
+    assert len(bare.slot_words) == 0 and target_weights(bare.answers, None) is None
 
 
 # ---- backbones ------------------------------------------------------------------------------------

@@ -320,15 +320,16 @@ def slot_word_nll(logits: torch.Tensor, slot_index: torch.Tensor, slot_words: to
     return -(log_probs * valid).sum() / valid.sum().clamp(min=1)
 
 
-def target_weights(packed: Packed, picked: torch.Tensor, answer_weight: float = 1.0) -> torch.Tensor | None:
-    """Next-token loss weights of the rows `picked`, [rows, block_size]: 0 where the target is a
-    scene slot (an input only), `answer_weight` where it is a token of an assistant's answer, 1
-    elsewhere; None when every weight is 1."""
+def target_weights(answers: torch.Tensor, slot_index: torch.Tensor | None,
+                   answer_weight: float = 1.0) -> torch.Tensor | None:
+    """Next-token loss weights for rows' targets, [rows, block_size]: 0 where the target is a
+    scene slot (an input only; `slot_index` as in `Packed`, None without slots), `answer_weight`
+    where it is a token of an assistant's answer (`answers`), 1 elsewhere; None when all are 1."""
     weights = None
     if answer_weight != 1.0:
-        weights = 1 + (answer_weight - 1) * packed.answers[picked].float()
-    if len(packed.slot_words) > 0:
-        is_word = (packed.slot_index[picked][:, 1:] < 0).float()
+        weights = 1 + (answer_weight - 1) * answers.float()
+    if slot_index is not None:
+        is_word = (slot_index[:, 1:] < 0).float()
         weights = is_word if weights is None else is_word * weights
     return weights
 
@@ -443,9 +444,9 @@ def pretrain_lm(world_dir: str | Path, tokenizer, out_dir: str | Path, config: L
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.steps, config.lr, config.warmup_steps)
         model.train()
-        weights = target_weights(packed, picked, config.answer_weight)
-        if with_slots:
-            slot_index = packed.slot_index[picked]
+        slot_index = packed.slot_index[picked] if with_slots else None
+        weights = target_weights(packed.answers[picked], slot_index, config.answer_weight)
+        if slot_index is not None:
             embeds = slot_embeddings(model, rows[:, :-1], slot_index[:, :-1], packed.slot_words)
             logits = model(inputs_embeds=embeds)  # kept for the slot-word loss as well
             loss = next_token_loss(logits, rows, weights)
